@@ -1,0 +1,154 @@
+"""The engine: a loaded model plus the generate loop (prefill, then one decode step per token).
+
+`Session` owns one sequence's caches and token history so callers (generate, chat) can keep
+the KV cache and DeltaNet state across calls and snapshot/restore them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import ModelConfig
+from .errors import InputError
+from .model.qwen3_5 import Qwen35Model
+from .sampling import Sampler, SamplingParams
+
+PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory at long prompts
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "prefill_seconds": round(self.prefill_seconds, 4),
+                "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 2),
+                "decode_tokens": self.decode_tokens, "decode_seconds": round(self.decode_seconds, 4),
+                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2), **self.extra}
+
+
+class Session:
+    """One sequence: the tokens already in the caches and the caches themselves."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+        self.caches = engine.model.new_caches(1, engine.context)
+        self.tokens: list[int] = []
+
+    def reset(self) -> None:
+        for c in self.caches:
+            c.reset()
+        self.tokens = []
+
+    def snapshot(self) -> tuple[int, list]:
+        return len(self.tokens), [c.snapshot() for c in self.caches]
+
+    def restore(self, snap: tuple[int, list]) -> None:
+        n, snaps = snap
+        for c, s in zip(self.caches, snaps):
+            c.restore(s)
+        self.tokens = self.tokens[:n]
+
+    @torch.inference_mode()
+    def feed(self, ids: list[int], all_logits: bool = False) -> torch.Tensor:
+        """Run `ids` after the cached tokens. Returns fp32 logits [len(ids), V] or [1, V] (last)."""
+        self.engine.check_ids(ids, already=len(self.tokens))
+        model = self.engine.model
+        outs = []
+        for s in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            last = not all_logits
+            if last and s + PREFILL_CHUNK < len(ids):
+                model.hidden(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
+            else:
+                outs.append(model.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
+            self.tokens.extend(chunk)
+        return torch.cat(outs) if all_logits else outs[-1]
+
+
+class Engine:
+    def __init__(self, cfg: ModelConfig, model: Qwen35Model, path: Path | None, context: int,
+                 eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None):
+        self.cfg, self.model, self.path = cfg, model, path
+        self.context = context
+        self.eos_ids = tuple(eos_ids) or cfg.eos_token_ids
+        self._tokenizer = tokenizer
+        self.plan = plan
+        self.stats = Stats()
+
+    # ---- tokenizer ------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import ChatTokenizer
+            self._tokenizer = ChatTokenizer.from_dir(self.path)
+        return self._tokenizer
+
+    # ---- checks ---------------------------------------------------------------------------
+    def check_ids(self, ids: list[int], already: int = 0) -> None:
+        if not ids:
+            raise InputError("the prompt is empty")
+        bad = next((t for t in ids if not 0 <= t < self.cfg.vocab_size), None)
+        if bad is not None:
+            raise InputError(f"token id {bad} is out of range for vocab size {self.cfg.vocab_size}")
+        if already + len(ids) > self.context:
+            raise InputError(f"{already + len(ids)} tokens do not fit the context of {self.context} tokens "
+                             f"(shorten the prompt or raise `context` in the profile)")
+
+    # ---- public API -----------------------------------------------------------------------
+    def session(self) -> Session:
+        return Session(self)
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """Prefill logits for every position: fp32 [len(ids), vocab]."""
+        return self.session().feed(list(ids), all_logits=True)
+
+    def generate(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, presence_penalty: float = 0.0,
+                 repetition_penalty: float = 1.0, seed: int | None = None,
+                 stop_ids: tuple[int, ...] | None = None, session: Session | None = None,
+                 params: SamplingParams | None = None) -> Iterator[int]:
+        """Stream new token ids. Stops after an eos/stop id (which is yielded) or max_new_tokens."""
+        params = params or SamplingParams(temperature, top_p, top_k, min_p, presence_penalty,
+                                          repetition_penalty, seed)
+        return self._generate(list(ids), max_new_tokens, params,
+                              tuple(stop_ids) if stop_ids is not None else self.eos_ids, session)
+
+    def _generate(self, ids, max_new_tokens, params, stop, session) -> Iterator[int]:
+        session = session or self.session()
+        self.check_ids(ids, already=len(session.tokens))
+        sampler = Sampler(params, session.tokens + ids, self.cfg.vocab_size)
+        self.stats = stats = Stats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        logits = session.feed(ids)[-1]
+        stats.prefill_seconds = time.perf_counter() - t0
+        for n in range(max_new_tokens):
+            token = sampler(logits)
+            sampler.accept(token)
+            yield token
+            if token in stop or n + 1 == max_new_tokens:
+                return
+            if len(session.tokens) + 1 > self.context:
+                raise InputError(f"the conversation reached the context limit of {self.context} tokens "
+                                 f"(/reset, or raise `context` in the profile)")
+            t0 = time.perf_counter()
+            logits = session.feed([token])[-1]
+            stats.decode_seconds += time.perf_counter() - t0
+            stats.decode_tokens += 1

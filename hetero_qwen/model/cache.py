@@ -1,0 +1,90 @@
+"""Per-layer caches behind one small protocol: `nbytes()`, `reset()`, `trim(n)`, `snapshot()`,
+`restore(snap)`. KV caches can be trimmed back to any length; the DeltaNet recurrent state
+cannot (it folds every token in), so it is rewound only by restoring a snapshot taken earlier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class KVCache:
+    """K/V for one full-attention layer, preallocated to `capacity` tokens: [B, kv_heads, cap, D]."""
+
+    can_trim = True
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        self.shape = (batch, kv_heads, capacity, head_dim)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.k = self.v = None  # allocated on first use, so planning a cache costs nothing
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [B, kv_heads, T, D] -> all keys/values so far [B, kv_heads, length+T, D]."""
+        if self.k is None:
+            self.k = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self.v = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def nbytes(self) -> int:
+        return 2 * torch.Size(self.shape).numel() * self.dtype.itemsize
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def trim(self, n: int) -> None:
+        """Keep the first `n` tokens."""
+        self.length = min(self.length, n)
+
+    def snapshot(self) -> int:
+        return self.length
+
+    def restore(self, snap: int) -> None:
+        self.trim(snap)
+
+
+@dataclass
+class DeltaNetSnapshot:
+    conv: torch.Tensor
+    state: torch.Tensor
+
+
+class DeltaNetCache:
+    """Conv state [B, conv_dim, K-1] (activation dtype) and recurrent state [B, Hv, Dk, Dv] (fp32)."""
+
+    can_trim = False
+
+    def __init__(self, batch: int, conv_dim: int, kernel: int, v_heads: int, dk: int, dv: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=dtype, device=device)
+        self.state = torch.zeros(batch, v_heads, dk, dv, dtype=torch.float32, device=device)
+
+    def nbytes(self) -> int:
+        return self.conv.numel() * self.conv.element_size() + self.state.numel() * 4
+
+    def reset(self) -> None:
+        self.conv.zero_()
+        self.state.zero_()
+
+    def trim(self, n: int) -> None:
+        raise ValueError("a DeltaNet recurrent state cannot be trimmed; restore a snapshot instead")
+
+    def snapshot(self) -> DeltaNetSnapshot:
+        return DeltaNetSnapshot(self.conv.clone(), self.state.clone())
+
+    def restore(self, snap: DeltaNetSnapshot) -> None:
+        self.conv.copy_(snap.conv)
+        self.state.copy_(snap.state)
