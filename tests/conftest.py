@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from hf_models import make_hf_model, save_hf_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hf_causal(tmp_path_factory):
+    """(HF model, saved dir): text-only Qwen3_5ForCausalLM, fp32, sharded."""
+    m = make_hf_model("causal", seed=0)
+    return m, save_hf_model(m, tmp_path_factory.mktemp("causal"))
+
+
+@pytest.fixture(scope="session")
+def hf_cond(tmp_path_factory):
+    """(HF model, saved dir): Qwen3_5ForConditionalGeneration with a vision tower, fp32, sharded."""
+    m = make_hf_model("cond", seed=1)
+    return m, save_hf_model(m, tmp_path_factory.mktemp("cond"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from hetero_qwen.tiny import write_tiny
+    return write_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def run_cli(args, capsys):
+    """Run the real CLI entry point in-process: (exit code, stdout, stderr)."""
+    from hetero_qwen.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(list(map(str, args)))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
