@@ -1,0 +1,118 @@
+"""Our engine against transformers (eager) on the same CPU, same weights, dtype and threads.
+
+Builds a random Qwen3.5-shaped model with transformers, saves it, loads it in both, then
+alternates timed runs (ours, theirs, ours, ...) and reports medians and ratios:
+  prefill tokens/s for a `--prefill`-token prompt; decode tokens/s over `--decode` tokens.
+
+  python bench/compare_cpu.py --size small --size mid --threads 2 --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+SIZES = {
+    # ~20M params: quick smoke
+    "small": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=64, linear_num_key_heads=4,
+                  linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64),
+    # ~174M params: the llama.cpp comparison point in issue 7 (hidden 1024, 8 layers, vocab 32000)
+    "mid": dict(vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
+                num_attention_heads=8, num_key_value_heads=2, head_dim=128, linear_num_key_heads=4,
+                linear_num_value_heads=8, linear_key_head_dim=128, linear_value_head_dim=128),
+}
+
+
+def make_checkpoint(size: str, dtype: torch.dtype, where: Path):
+    from hf_models import make_hf_model, save_hf_model
+    hf = make_hf_model("causal", seed=0, max_position_embeddings=4096, **SIZES[size]).to(dtype)
+    save_hf_model(hf, where, shard="2GB")
+    return hf
+
+
+def time_ours(engine, prompt: list[int], n_decode: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    s = engine.session()
+    logits = s.feed(prompt)
+    t1 = time.perf_counter()
+    tok = int(logits[-1].argmax())
+    for _ in range(n_decode):
+        tok = int(s.feed([tok])[-1].argmax())
+    t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), n_decode / (t2 - t1)
+
+
+@torch.inference_mode()
+def time_hf(model, prompt: list[int], n_decode: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    out = model(torch.tensor([prompt]), use_cache=True)
+    t1 = time.perf_counter()
+    past = out.past_key_values
+    tok = out.logits[0, -1].argmax().view(1, 1)
+    for _ in range(n_decode):
+        out = model(tok, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        tok = out.logits[0, -1].argmax().view(1, 1)
+    t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), n_decode / (t2 - t1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", action="append", choices=list(SIZES), help="model size (repeatable)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    import hetero_qwen
+    results = []
+    for size in args.size or ["small"]:
+        with tempfile.TemporaryDirectory() as d:
+            hf = make_checkpoint(size, dtype, Path(d))
+            ours = hetero_qwen.load(d, dtype=args.dtype, quiet=True)
+            prompt = [(i * 37) % (SIZES[size]["vocab_size"] - 1) + 1 for i in range(args.prefill)]
+            time_ours(ours, prompt[:16], 2), time_hf(hf, prompt[:16], 2)  # warm-up both
+            runs = {"ours": [], "transformers": []}
+            for _ in range(args.repeats):  # alternate so drift hits both equally
+                runs["ours"].append(time_ours(ours, prompt, args.decode))
+                runs["transformers"].append(time_hf(hf, prompt, args.decode))
+            med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+                   for k, v in runs.items()}
+            params = sum(p.numel() for p in hf.parameters())
+            row = {"size": size, "params": params, "dtype": args.dtype, "threads": args.threads,
+                   "prefill_tokens": args.prefill, "decode_tokens": args.decode,
+                   "ours_prefill_tok_s": med["ours"][0], "ours_decode_tok_s": med["ours"][1],
+                   "hf_prefill_tok_s": med["transformers"][0], "hf_decode_tok_s": med["transformers"][1],
+                   "prefill_ratio": med["ours"][0] / med["transformers"][0],
+                   "decode_ratio": med["ours"][1] / med["transformers"][1]}
+            results.append(row)
+            print(f"{size:6s} {params / 1e6:7.1f}M {args.dtype} {args.threads}t | prefill ours "
+                  f"{row['ours_prefill_tok_s']:8.1f} hf {row['hf_prefill_tok_s']:8.1f} tok/s "
+                  f"x{row['prefill_ratio']:.2f} | decode ours {row['ours_decode_tok_s']:7.1f} "
+                  f"hf {row['hf_decode_tok_s']:7.1f} tok/s x{row['decode_ratio']:.2f}", flush=True)
+    out = {"bench": "compare_cpu", "machine": {"cpu": platform.processor() or platform.machine(),
+                                               "torch": torch.__version__}, "results": results}
+    Path(__file__).with_name("results").mkdir(exist_ok=True)
+    (Path(__file__).with_name("results") / "compare_cpu.json").write_text(json.dumps(out, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
