@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .chat_template import our_chat_template
 from .special_tokens import ENDOFTEXT, EOS_TOKENS, IM_END, QWEN_SPECIAL_TOKENS
 
 TINY_VOCAB_SIZE = 512
@@ -151,7 +151,7 @@ def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Tokenizer:
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = _pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tokenizer.add_tokens(
         [AddedToken(text, special=special, normalized=False) for text, special in QWEN_SPECIAL_TOKENS]
     )
@@ -170,11 +170,6 @@ def tiny_eos_token_ids(vocab_size: int = TINY_VOCAB_SIZE) -> list[int]:
     """The ids generation stops at (`<|im_end|>`, `<|endoftext|>`), for generation_config.json."""
     ids = tiny_special_token_ids(vocab_size)
     return [ids[text] for text in EOS_TOKENS]
-
-
-def our_chat_template() -> str:
-    """hetero-qwen's own chat template (hetero_qwen/chat_template.jinja)."""
-    return resources.files("hetero_qwen").joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
 def write_tiny_tokenizer(directory: Path, vocab_size: int = TINY_VOCAB_SIZE) -> None:

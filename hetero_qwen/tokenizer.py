@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .chat_template import our_chat_template
 from .errors import CheckpointError, InputError
 from .replies import ends_inside_think, parse_tool_calls, split_reasoning
 from .special_tokens import END_THINK, ENDOFTEXT, IM_END, IM_START, THINK
-from .tiny_tokenizer import our_chat_template
 
 __all__ = ["ChatTokenizer", "StreamDecoder", "ends_inside_think", "parse_tool_calls", "split_reasoning"]
 
@@ -179,7 +179,7 @@ def _decode_call_arguments(call: dict) -> dict:
         try:
             decoded = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError:
-            raise ValueError(f"tool call arguments are not JSON: {arguments[:60]!r}") from None
+            raise InputError(f"tool call arguments are not JSON: {arguments[:60]!r}") from None
         return {**call, "arguments": decoded}
     return call
 

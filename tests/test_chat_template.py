@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from jinja2 import TemplateError
 
-from hetero_qwen.tiny_tokenizer import our_chat_template, write_tiny_tokenizer
+from hetero_qwen.chat_template import our_chat_template
+from hetero_qwen.tiny_tokenizer import write_tiny_tokenizer
 
 REFERENCE = (
     Path(__file__).resolve().parents[2] / "shared" / "reference" / "qwen3.6-27b" / "chat_template.reconstructed.jinja"

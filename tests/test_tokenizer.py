@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from hetero_qwen.chat_template import our_chat_template
 from hetero_qwen.errors import CheckpointError, InputError
 from hetero_qwen.replies import ends_inside_think, parse_tool_calls, split_reasoning
 from hetero_qwen.special_tokens import QWEN_FIRST_SPECIAL_ID, QWEN_SPECIAL_TOKENS
 from hetero_qwen.tiny_tokenizer import (
     TINY_VOCAB_SIZE,
     build_tiny_tokenizer,
-    our_chat_template,
     tiny_eos_token_ids,
     tiny_special_token_ids,
     write_tiny_tokenizer,
@@ -102,6 +102,19 @@ def test_autotokenizer_loads_offline_with_the_qwen35_pipeline(tiny_dir, monkeypa
     assert tokenizer.decode(ids) == UNICODE_TEXT
 
 
+@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_text"])
+def test_same_ids_beside_a_model_config(tiny_dir, tmp_path, model_type, chat):
+    # With config.json present transformers may pick Qwen3_5Tokenizer, which rebuilds the pipeline in
+    # Python; the tiny checkpoint must tokenize the same either way.
+    directory = copy_of(tiny_dir, tmp_path)
+    config = {"model_type": model_type, "architectures": ["Qwen3_5ForCausalLM"]}
+    (directory / "config.json").write_text(json.dumps(config))
+    beside_config = ChatTokenizer.from_dir(directory)
+    text = UNICODE_TEXT + "<|im_start|>user\n<think>x</think><tool_call>"
+    assert beside_config.encode(text) == chat.encode(text)
+    assert beside_config.vocab_size == TINY_VOCAB_SIZE and beside_config.eos_ids == chat.eos_ids
+
+
 # --- ChatTokenizer ---------------------------------------------------------------------------------
 
 
@@ -164,6 +177,8 @@ def test_render_accepts_json_string_arguments(chat):
     as_dict = chat.render(conversation({"x": 1, "y": "z"}))
     assert chat.render(conversation('{"x": 1, "y": "z"}')) == as_dict
     assert "<parameter=x>\n1\n</parameter>" in as_dict
+    with pytest.raises(InputError, match="not JSON"):
+        chat.render(conversation("{x: 1"))
 
 
 def test_render_rejects_a_conversation_without_a_user_turn(chat):
