@@ -21,7 +21,7 @@ from hetero_qwen.tiny_tokenizer import (
 )
 from hetero_qwen.tokenizer import ChatTokenizer
 
-REAL_SPECIAL_TOKENS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "qwen3.6-27b" / "special_tokens.json"
+REAL_SPECIAL_TOKENS = Path(__file__).resolve().parents[2] / "shared/reference/qwen3.6-27b/special_tokens.json"
 
 UNICODE_TEXT = "naïve café — 😀 👩‍👩‍👧 世界 Ελληνικά q\u0301 \t\n  end"
 
@@ -150,7 +150,9 @@ def test_eos_ids_from_generation_config_come_first(tiny_dir, tmp_path):
 def test_render_and_encode_chat(chat):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     thinking = chat.render(messages)
-    assert thinking == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert thinking == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
     assert chat.render(messages, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
     assert not chat.render(messages, add_generation_prompt=False).endswith("assistant\n<think>\n")
     assert chat.encode_chat(messages) == chat.encode(thinking)
@@ -306,7 +308,10 @@ def test_parse_tool_calls():
     text, calls = parse_tool_calls(content)
     assert text == "I will check."
     assert calls == [
-        {"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "opts": {"metric": True}, "note": "two\nlines"}},
+        {
+            "name": "get_weather",
+            "arguments": {"city": "Paris", "days": 3, "opts": {"metric": True}, "note": "two\nlines"},
+        },
         {"name": "search", "arguments": {}},
     ]
 
