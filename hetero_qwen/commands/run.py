@@ -79,7 +79,7 @@ def generate(
                           "stats": engine.stats.as_dict()}))
     else:
         if decoder is not None:
-            sys.stdout.write(decoder.flush())
+            sys.stdout.write(decoder.finish())
         sys.stdout.write("\n")
     if stats:
         s = engine.stats
