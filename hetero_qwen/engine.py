@@ -76,7 +76,7 @@ class Session:
             chunk = ids[s:s + PREFILL_CHUNK]
             last = not all_logits
             if last and s + PREFILL_CHUNK < len(ids):
-                model.hidden(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
+                model.prefill_only(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
             else:
                 outs.append(model.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
             self.tokens.extend(chunk)

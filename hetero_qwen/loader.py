@@ -8,16 +8,22 @@ from pathlib import Path
 
 import torch
 
-from .build import build_model, checkpoint_dtype
 from .checkpoint import Checkpoint
 from .config import is_preset, load_config
 from .engine import Engine
+from .executor.devices import make_devices
+from .executor.placement import build_placed_model, cpu_only_placements
 from .errors import CheckpointError, ConfigError
 
 DEFAULT_CONTEXT = 32768
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
           "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+
+
+def checkpoint_dtype(cfg) -> torch.dtype:
+    """Compute dtype matching the checkpoint: fp32 stays fp32, everything else runs in bf16."""
+    return {"float32": torch.float32, "float16": torch.float16}.get(cfg.torch_dtype, torch.bfloat16)
 
 
 def generation_eos_ids(path: Path) -> tuple[int, ...]:
@@ -56,6 +62,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
             raise ConfigError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
         dtype = DTYPES[dtype]
     dtype = dtype or checkpoint_dtype(cfg)
-    model = build_model(ckpt, dtype, progress=_progress("loading", quiet))
+    devices = make_devices(None, None)
+    model = build_placed_model(ckpt, cpu_only_placements(cfg), devices, dtype, progress=_progress("loading", quiet))
     ctx = min(context or DEFAULT_CONTEXT, cfg.max_position_embeddings)
     return Engine(cfg, model, path, ctx, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids)

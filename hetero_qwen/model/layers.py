@@ -79,9 +79,9 @@ class Attention:
         k = rms_norm(self.k_proj(x).view(B, T, nkv, D), self.k_norm, cfg.rms_norm_eps).transpose(1, 2)
         v = self.v_proj(x).view(B, T, nkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = cache.length
-        k, v = cache.append(k.to(cache.dtype), v.to(cache.dtype))
-        k, v = k.to(q.dtype), v.to(q.dtype)
+        past = cache.length  # the cache may live on another device than this op (streamed prefill)
+        k, v = cache.append(k.to(cache.device, cache.dtype), v.to(cache.device, cache.dtype))
+        k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
         if T == 1:
             mask, causal = None, False
         elif past == 0:
@@ -131,7 +131,7 @@ class GatedDeltaNet:
         B, T, C = qkv.shape
         Hk, Hv, Dk, Dv = cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
         K = cfg.linear_conv_kernel_dim
-        seq = torch.cat([cache.conv.to(qkv.dtype), qkv.transpose(1, 2)], dim=-1)   # [B, C, K-1+T]
+        seq = torch.cat([cache.conv.to(qkv.device, qkv.dtype), qkv.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
         cache.conv.copy_(seq[:, :, -(K - 1):])
         w = self.conv_weight.to(qkv.dtype)
         conv = F.conv1d(seq, w.unsqueeze(1), groups=C)                              # [B, C, T]
@@ -149,6 +149,6 @@ class GatedDeltaNet:
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         q, k, v, g, beta = (t.transpose(1, 2).contiguous() for t in (q, k, v, g, beta))
         rule = recurrent_gated_delta_rule if T == 1 else chunked_gated_delta_rule
-        o, S = rule(q, k, v, g, beta, cache.state)
+        o, S = rule(q, k, v, g, beta, cache.state.to(q.device))
         cache.state.copy_(S)
         return o.transpose(1, 2).to(dtype)             # [B, T, Hv, Dv]

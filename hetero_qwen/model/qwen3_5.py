@@ -1,83 +1,136 @@
 """Qwen3.5/3.6 hybrid text model (`model_type: qwen3_5`): embed -> layers -> norm -> lm_head.
 
 Each layer: x += mixer(norm(x)); x += ffn(norm(x)), the mixer being Gated DeltaNet or gated
-full attention. The model holds op objects only; where their weights live is decided by whoever
-builds it (`hetero_qwen.build`), and the hidden state follows the ops (`Layer.device`).
+full attention. Every op sits in an `OpSlot` that holds one variant per device it may run on
+(weights and norm already there) and says which device runs it for a forward of T tokens.
+The forward loop moves the hidden state only where consecutive ops change device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from ..config import FULL, ModelConfig
+from ..executor.devices import Device, Devices
 from .cache import DeltaNetCache, KVCache
-from .layers import FFN, Attention, GatedDeltaNet, Proj, rms_norm
+from .layers import rms_norm
 from .rope import Rope
 
 
 @dataclass
+class OpSlot:
+    name: str                               # weight group name, e.g. model.layers.3.mlp
+    ops: dict[str, Callable]                # device name -> op with its weights on that device
+    norms: dict[str, torch.Tensor]          # device name -> norm weight applied to the op's input
+    decode_device: str = "cpu"
+    prefill_device: str = "cpu"
+    crossover: int | None = None            # T >= crossover runs on prefill_device
+    streamed: frozenset = frozenset()       # devices whose variant reads weights from staging slots
+
+    def device_for(self, T: int) -> str:
+        if self.prefill_device != self.decode_device and self.crossover is not None and T >= self.crossover:
+            return self.prefill_device
+        return self.decode_device
+
+
+@dataclass
 class Layer:
-    kind: str                 # "full_attention" | "linear_attention"
-    input_norm: torch.Tensor  # [H]
-    mixer: Attention | GatedDeltaNet
-    post_norm: torch.Tensor   # [H]
-    ffn: FFN
-    mixer_device: torch.device = torch.device("cpu")
-    ffn_device: torch.device = torch.device("cpu")
+    kind: str       # "full_attention" | "linear_attention"
+    mixer: OpSlot
+    ffn: OpSlot
 
 
+@dataclass
 class Qwen35Model:
-    def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[Layer], final_norm: torch.Tensor,
-                 lm_head: Proj, dtype: torch.dtype, head_device: torch.device | str = "cpu",
-                 rope_device: torch.device | str = "cpu"):
-        self.cfg, self.embed, self.layers = cfg, embed, layers
-        self.final_norm, self.lm_head, self.dtype = final_norm, lm_head, dtype
-        self.head_device = torch.device(head_device)
-        self.rope = Rope(cfg, rope_device)
+    cfg: ModelConfig
+    embed: torch.Tensor                     # [V, H] on embed_device
+    embed_device: Device
+    layers: list[Layer]
+    head: OpSlot                            # final norm + lm_head
+    dtype: torch.dtype
+    devices: Devices
+    prefetcher: object | None = None        # executor.streaming.Prefetcher when anything streams
+    op_hook: Callable | None = None         # (slot name, device, input, output) -> None: accounting
+    _ropes: dict = field(default_factory=dict)
 
-    def new_caches(self, batch: int, capacity: int, kv_dtype: torch.dtype | None = None,
-                   devices: list[torch.device] | None = None) -> list[KVCache | DeltaNetCache]:
-        """One cache per layer; KV preallocated lazily to `capacity` tokens, DeltaNet state zeroed."""
+    def rope(self, dev: Device) -> Rope:
+        if dev.name not in self._ropes:
+            self._ropes[dev.name] = Rope(self.cfg, dev.torch)
+        return self._ropes[dev.name]
+
+    def cache_device(self, i: int) -> Device:
+        """A layer's KV cache / DeltaNet state lives with its mixer's decode device."""
+        return self.devices[self.layers[i].mixer.decode_device]
+
+    def new_caches(self, batch: int, capacity: int, kv_dtype: torch.dtype | None = None) -> list:
+        """One cache per layer, charged to its device's budget up front."""
         cfg = self.cfg
         caches = []
         for i, layer in enumerate(self.layers):
-            dev = devices[i] if devices else layer.mixer_device
+            dev = self.cache_device(i)
             if layer.kind == FULL:
-                caches.append(KVCache(batch, cfg.num_key_value_heads, cfg.head_dim, capacity,
-                                      kv_dtype or self.dtype, dev))
+                c = KVCache(batch, cfg.num_key_value_heads, cfg.head_dim, capacity, kv_dtype or self.dtype, dev.torch)
             else:
-                caches.append(DeltaNetCache(batch, cfg.linear_conv_dim, cfg.linear_conv_kernel_dim,
-                                            cfg.linear_num_value_heads, cfg.linear_key_head_dim,
-                                            cfg.linear_value_head_dim, self.dtype, dev))
+                c = DeltaNetCache(batch, cfg.linear_conv_dim, cfg.linear_conv_kernel_dim, cfg.linear_num_value_heads,
+                                  cfg.linear_key_head_dim, cfg.linear_value_head_dim, self.dtype, dev.torch)
+            dev.memory.alloc(c.nbytes(), f"{layer.mixer.name} cache")
+            c.owner = dev  # so release_caches can give the bytes back
+            caches.append(c)
         return caches
 
-    def hidden(self, ids: torch.Tensor, caches: list, start: int) -> torch.Tensor:
-        """ids [B, T] at absolute positions start..start+T-1 -> final-normed hidden [B, T, H]."""
-        T = ids.shape[1]
+    def release_caches(self, caches: list) -> None:
+        for layer, c in zip(self.layers, caches):
+            c.owner.memory.free(c.nbytes(), f"{layer.mixer.name} cache")
+
+    def _run(self, slot: OpSlot, x: torch.Tensor, cur: Device, T: int, *args) -> tuple[torch.Tensor, Device, torch.Tensor]:
+        """Run one op where its slot says: (op output, device it ran on, x moved there)."""
+        dev = self.devices[slot.device_for(T)]
+        x = self.devices.hop(x, cur, dev)
+        h = rms_norm(x, slot.norms[dev.name], self.cfg.rms_norm_eps)
+        streamed = dev.name in slot.streamed
+        if streamed:
+            self.prefetcher.acquire(slot.name)
+        out = slot.ops[dev.name](h, *args)
+        if streamed:
+            self.prefetcher.release(slot.name)
+        if self.op_hook is not None:
+            self.op_hook(slot.name, dev, h, out)
+        return out, dev, x
+
+    def hidden(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False):
+        """ids [B, T] at positions start.. -> (hidden before the final norm [B, T', H], its device)."""
+        B, T = ids.shape
         x = self.embed[ids.to(self.embed.device)].to(self.dtype)
+        cur = self.embed_device
+        if self.prefetcher is not None:
+            order = [s.name for layer in self.layers for s in (layer.mixer, layer.ffn)] + [self.head.name]
+            slots = {s.name: s for layer in self.layers for s in (layer.mixer, layer.ffn)} | {self.head.name: self.head}
+            rows = {n: (1 if last_only and n == self.head.name else T) for n in order}
+            self.prefetcher.begin([n for n in order if slots[n].device_for(rows[n]) in slots[n].streamed])
         positions = torch.arange(start, start + T)
-        cos_sin: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         for layer, cache in zip(self.layers, caches):
-            x = x.to(layer.mixer_device)
-            h = rms_norm(x, layer.input_norm, self.cfg.rms_norm_eps)
             if layer.kind == FULL:
-                dev = layer.mixer_device
-                if dev not in cos_sin:
-                    cos, sin = self.rope.cos_sin(positions, self.dtype)
-                    cos_sin[dev] = (cos.to(dev), sin.to(dev))
-                x = x + layer.mixer(h, cache, *cos_sin[dev])
+                dev = self.devices[layer.mixer.device_for(T)]
+                cos, sin = self.rope(dev).cos_sin(positions, self.dtype)
+                out, cur, x = self._run(layer.mixer, x, cur, T, cache, cos, sin)
             else:
-                x = x + layer.mixer(h, cache)
-            x = x.to(layer.ffn_device)
-            x = x + layer.ffn(rms_norm(x, layer.post_norm, self.cfg.rms_norm_eps))
-        x = x.to(self.head_device)
-        return rms_norm(x, self.final_norm, self.cfg.rms_norm_eps)
+                out, cur, x = self._run(layer.mixer, x, cur, T, cache)
+            x = x + out
+            out, cur, x = self._run(layer.ffn, x, cur, T)
+            x = x + out
+        if last_only:
+            x = x[:, -1:]
+        return x, cur
 
     def forward(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False) -> torch.Tensor:
-        """Logits fp32 [B, T, vocab] (or [B, 1, vocab] with last_only)."""
-        h = self.hidden(ids, caches, start)
-        if last_only:
-            h = h[:, -1:]
-        return self.lm_head(h).float()
+        """Logits fp32 [B, T, vocab] (or [B, 1, vocab] with last_only), on the CPU."""
+        x, cur = self.hidden(ids, caches, start, last_only)
+        logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
+        return logits.float().to("cpu")
+
+    def prefill_only(self, ids: torch.Tensor, caches: list, start: int) -> None:
+        """Fill the caches without computing logits (all but the last prefill chunk)."""
+        self.hidden(ids, caches, start)

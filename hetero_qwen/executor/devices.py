@@ -1,0 +1,135 @@
+"""The two compute devices and their memory tiers, with byte accounting.
+
+A `Device` is where ops run ("gpu" or "cpu") and whose memory holds their weights and caches.
+The GPU is a real CUDA device, or, on machines without CUDA, a simulated one: its tensors are
+host tensors, but every byte placed on it is charged to its own budget, its peak is tracked,
+and every hop to or from it is counted. So every plan runs, and is checked, in CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import HeteroQwenError
+
+
+class BudgetExceeded(HeteroQwenError):
+    """An op or allocation would exceed a tier's budget (never a silent spill)."""
+
+
+@dataclass
+class MemoryTier:
+    name: str
+    budget: int | None          # bytes; None = unaccounted (host RAM without a budget)
+    used: int = 0
+    peak: int = 0
+    by_owner: dict = field(default_factory=dict)
+
+    def alloc(self, nbytes: int, owner: str) -> None:
+        if self.budget is not None and self.used + nbytes > self.budget:
+            raise BudgetExceeded(f"{owner} needs {nbytes / 2**20:.1f} MiB on {self.name} but only "
+                                 f"{(self.budget - self.used) / 2**20:.1f} MiB of its "
+                                 f"{self.budget / 2**20:.1f} MiB budget is free")
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        self.by_owner[owner] = self.by_owner.get(owner, 0) + nbytes
+
+    def free(self, nbytes: int, owner: str) -> None:
+        self.used -= nbytes
+        left = self.by_owner.get(owner, 0) - nbytes
+        if left > 0:
+            self.by_owner[owner] = left
+        else:
+            self.by_owner.pop(owner, None)
+
+
+@dataclass
+class Traffic:
+    """Bytes moved between devices, by direction, and the number of hidden-state hops."""
+    h2d: int = 0
+    d2h: int = 0
+    hops: int = 0
+    streamed: int = 0  # weight bytes copied to the GPU for streamed ops (part of h2d)
+
+    def as_dict(self) -> dict:
+        return {"h2d_bytes": self.h2d, "d2h_bytes": self.d2h, "hops": self.hops, "streamed_bytes": self.streamed}
+
+    def snapshot(self) -> "Traffic":
+        return Traffic(self.h2d, self.d2h, self.hops, self.streamed)
+
+    def since(self, before: "Traffic") -> "Traffic":
+        return Traffic(self.h2d - before.h2d, self.d2h - before.d2h, self.hops - before.hops,
+                       self.streamed - before.streamed)
+
+
+class Device:
+    def __init__(self, name: str, torch_device: torch.device | str, budget: int | None, simulated: bool = False):
+        self.name = name
+        self.torch = torch.device(torch_device)
+        self.simulated = simulated
+        self.memory = MemoryTier(name, budget)
+        self.busy_seconds = 0.0
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.torch.type == "cuda"
+
+    def __repr__(self) -> str:
+        kind = "simulated " if self.simulated else ""
+        return f"Device({kind}{self.name} on {self.torch})"
+
+    def place(self, t: torch.Tensor, owner: str, pin: bool = False) -> torch.Tensor:
+        """Charge `t` to this device and return it there (pinned host memory when asked)."""
+        self.memory.alloc(t.numel() * t.element_size(), owner)
+        if self.is_cuda:
+            return t.to(self.torch)
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if pin and torch.cuda.is_available():
+            return t.pin_memory()
+        return t
+
+
+class Devices:
+    """The gpu and cpu devices of one engine and the traffic between them."""
+
+    def __init__(self, gpu: Device | None, cpu: Device):
+        self.gpu, self.cpu = gpu, cpu
+        self.traffic = Traffic()
+
+    def __getitem__(self, name: str) -> Device:
+        dev = self.gpu if name == "gpu" else self.cpu if name == "cpu" else None
+        if dev is None:
+            raise KeyError(f"no {name} device in this engine")
+        return dev
+
+    def hop(self, x: torch.Tensor, src: Device, dst: Device) -> torch.Tensor:
+        """Move the hidden state between devices, counting the bytes."""
+        if src is dst:
+            return x
+        n = x.numel() * x.element_size()
+        if dst.name == "gpu":
+            self.traffic.h2d += n
+        else:
+            self.traffic.d2h += n
+        self.traffic.hops += 1
+        return x.to(dst.torch, non_blocking=False)
+
+    def tiers(self) -> dict:
+        out = {"cpu": self.cpu.memory}
+        if self.gpu is not None:
+            out["gpu"] = self.gpu.memory
+        return out
+
+
+def make_devices(gpu_budget: int | None, cpu_budget: int | None, simulate_gpu: bool | None = None) -> Devices:
+    """A real CUDA GPU when present (unless simulate_gpu), a simulated one otherwise; no GPU
+    device at all when the budget is 0/None."""
+    cpu = Device("cpu", "cpu", cpu_budget)
+    if not gpu_budget:
+        return Devices(None, cpu)
+    use_cuda = torch.cuda.is_available() and not simulate_gpu
+    gpu = Device("gpu", "cuda:0" if use_cuda else "cpu", gpu_budget, simulated=not use_cuda)
+    return Devices(gpu, cpu)

@@ -1,0 +1,206 @@
+"""Load a checkpoint to a plan: every weight goes straight from the mapped file to its home.
+
+  home gpu  : converted to the compute dtype and copied to the GPU (no full host copy first)
+  home cpu  : resident in host RAM in the plan's CPU format (bf16 as is; int8/int4 quantized by
+              the CPU kernels), pinned when it will be streamed to the GPU
+  home disk : left memory-mapped (the page cache is the tier), computed on the CPU
+Each op gets one variant per device it may run on: resident weights where they live, and a
+staging-slot variant on the GPU for blocks the plan streams there (prefill above the crossover).
+Small fp32 vectors (norms, A_log, dt_bias, conv) are copied to every device that runs the op.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol
+
+import torch
+
+from ..checkpoint import Checkpoint, tensor_name
+from ..config import WeightGroup
+from ..errors import PlanError
+from ..model.layers import FFN, Attention, GatedDeltaNet, TorchLinear
+from ..model.qwen3_5 import Layer, OpSlot, Qwen35Model
+from .devices import Devices, MemoryTier
+from .streaming import Prefetcher, SlotLinear, StagedGroup
+
+
+
+class Placement(Protocol):
+    """What the executor needs of a plan's group (hetero_qwen.planner.plan.GroupPlacement)."""
+    name: str
+    home: str             # gpu | cpu | disk
+    decode_device: str    # gpu | cpu
+    prefill_device: str   # gpu | cpu
+    stream_prefill: bool
+    crossover_tokens: int | None
+    dtype: str            # storage format at home: bf16 | fp32 | int8 | int4 | ...
+
+
+def home_device(home: str) -> str:
+    return "gpu" if home == "gpu" else "cpu"
+
+
+def _kernels():
+    """The CPU kernel package, or None when it is not importable (plain torch then)."""
+    try:
+        from .. import kernels
+        return kernels
+    except ImportError:
+        return None
+
+
+def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devices: Devices, dtype: torch.dtype,
+                       progress: Callable[[Iterable], Iterable] = lambda it: it) -> Qwen35Model:
+    cfg = ckpt.cfg
+    disk = MemoryTier("disk", None)
+    kernels = _kernels()
+    staged: dict[str, StagedGroup] = {}
+
+    def read(g: WeightGroup, local: str, shape) -> torch.Tensor:
+        return ckpt.get(tensor_name(g.name, g.kind, local, cfg), shape)
+
+    def cpu_format(p: Placement) -> str:
+        """Storage format of an off-GPU group: the plan's CPU format, floats in the compute dtype."""
+        return p.dtype if p.home == "cpu" and p.dtype in ("int8", "int4") else "float"
+
+    def home_matrices(g: WeightGroup, p: Placement) -> dict[str, torch.Tensor]:
+        out = {}
+        for local, shape in g.matrices:
+            t = read(g, local, shape)
+            if p.home == "gpu":
+                out[local] = devices.gpu.place(t.to(dtype), g.name)
+            elif p.home == "disk" and t.dtype == dtype:
+                disk.alloc(t.numel() * t.element_size(), g.name)
+                out[local] = t  # a view of the mapped file: the page cache is this tier
+            elif cpu_format(p) != "float":
+                out[local] = t  # quantized by the CPU kernels, charged at the packed size
+            else:  # an anonymous copy: resident RAM as planned, pinned if it will be streamed
+                c = t.to(dtype)
+                out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name,
+                                               pin=p.stream_prefill)
+        return out
+
+    def vectors_on(g: WeightGroup, dev_name: str) -> dict[str, torch.Tensor]:
+        dev = devices[dev_name]
+        return {local: dev.place(read(g, local, shape).to(torch.float32).clone(), f"{g.name} vectors")
+                for local, shape in g.vectors}
+
+    def projections(g: WeightGroup, p: Placement, mats: dict, dev_name: str) -> tuple[dict, bool]:
+        """(local name -> callable) for one device variant, and whether it reads staging slots."""
+        home = home_device(p.home)
+        if dev_name == "gpu" and home == "gpu":
+            return {k: TorchLinear(w) for k, w in mats.items()}, False
+        if dev_name == "gpu":  # an off-GPU block computed on the GPU: stream it through the slots
+            if cpu_format(p) != "float":
+                raise PlanError(f"{g.name}: {p.dtype} CPU weights cannot be streamed to the GPU; "
+                                f"use cpu_dtype bf16 for streamed prefill")
+            staged[g.name] = StagedGroup(g.name, dict(mats))
+            return {k: _LateSlotLinear(g.name, k) for k in mats}, True
+        if home == "gpu":
+            raise PlanError(f"{g.name}: lives on the GPU but is planned to run on the CPU")
+        fmt = cpu_format(p)
+        if fmt != "float" or (kernels is not None and dtype == torch.bfloat16):
+            if kernels is None:
+                raise PlanError(f"{g.name}: {fmt} CPU weights need the CPU kernels (hetero_qwen.kernels)")
+            projs = {k: kernels.CpuLinear(w, fmt if fmt != "float" else "bf16") for k, w in mats.items()}
+            if fmt != "float":
+                devices.cpu.memory.alloc(sum(pr.nbytes for pr in projs.values()), g.name)
+            return projs, False
+        return {k: TorchLinear(w) for k, w in mats.items()}, False
+
+    def slot_for(g: WeightGroup, p: Placement, mats: dict, norm_key: str | None) -> OpSlot:
+        ops, norms, streamed = {}, {}, set()
+        for d in sorted({p.decode_device, p.prefill_device}):
+            vec = vectors_on(g, d)
+            norms[d] = vec[norm_key]
+            fmt = cpu_format(p)
+            if (g.kind == "ffn" and d == "cpu" and home_device(p.home) == "cpu" and kernels is not None
+                    and (fmt != "float" or dtype == torch.bfloat16)):
+                fused = kernels.CpuFFN(mats["gate_proj.weight"], mats["up_proj.weight"], mats["down_proj.weight"],
+                                       fmt if fmt != "float" else "bf16")
+                if fmt != "float":
+                    devices.cpu.memory.alloc(fused.nbytes, g.name)
+                ops[d] = FFN(None, None, None, fused=fused)
+                continue
+            projs, is_streamed = projections(g, p, mats, d)
+            if is_streamed:
+                streamed.add(d)
+            ops[d] = projs["weight"] if g.kind == "head" else _make_op(cfg, g, projs, vec, d == "cpu", kernels)
+        crossover = p.crossover_tokens if p.prefill_device != p.decode_device else None
+        return OpSlot(g.name, ops, norms, p.decode_device, p.prefill_device, crossover, frozenset(streamed))
+
+    groups = {g.name: g for g in cfg.weight_groups()}
+    embed_g = groups[f"{cfg.text_prefix}embed_tokens"]
+    ep = placements[embed_g.name]
+    embed = home_matrices(embed_g, ep)["weight"]
+    if embed.dtype != dtype:  # a quantized-format embedding still gathers float rows
+        embed = devices.cpu.place(read(embed_g, "weight", None).to(dtype), embed_g.name)
+    layers = []
+    for i in progress(range(cfg.num_hidden_layers)):
+        mixer_g = groups[f"{cfg.layer_prefix(i)}{cfg.mixer_name(i)}"]
+        ffn_g = groups[f"{cfg.layer_prefix(i)}mlp"]
+        mixer = slot_for(mixer_g, placements[mixer_g.name], home_matrices(mixer_g, placements[mixer_g.name]),
+                         "input_layernorm.weight")
+        ffn = slot_for(ffn_g, placements[ffn_g.name], home_matrices(ffn_g, placements[ffn_g.name]),
+                       "post_attention_layernorm.weight")
+        layers.append(Layer(cfg.layer_types[i], mixer, ffn))
+
+    head_g = groups["lm_head"]
+    hp = placements[head_g.name]
+    if cfg.tie_word_embeddings and "lm_head.weight" not in ckpt:
+        head_mats = {"weight": embed}
+    else:
+        head_mats = home_matrices(head_g, hp)
+    head = slot_for(head_g, hp, head_mats, f"{cfg.text_prefix}norm.weight")
+
+    model = Qwen35Model(cfg, embed, devices[home_device(ep.home)], layers, head, dtype, devices)
+    model.disk = disk
+    if staged:
+        model.prefetcher = Prefetcher(devices, staged)
+        _bind_slots(model, model.prefetcher)
+    return model
+
+
+class _LateSlotLinear:
+    """Placeholder bound to the prefetcher once it exists (it needs every streamed group's size)."""
+
+    def __init__(self, group: str, local: str):
+        self.group, self.local = group, local
+        self.bound: SlotLinear | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bound(x)
+
+
+def _bind_slots(model: Qwen35Model, prefetcher: Prefetcher) -> None:
+    def bind(op) -> None:
+        for attr in vars(op).values():
+            if isinstance(attr, _LateSlotLinear):
+                attr.bound = SlotLinear(prefetcher, attr.group, attr.local)
+    for layer in model.layers:
+        for slot in (layer.mixer, layer.ffn):
+            for d in slot.streamed:
+                bind(slot.ops[d])
+    for d in model.head.streamed:
+        model.head.ops[d].bound = SlotLinear(prefetcher, model.head.name, "weight")
+
+
+def _make_op(cfg, g: WeightGroup, P: dict, vec: dict, on_cpu: bool, kernels):
+    if g.kind == "ffn":
+        return FFN(P["gate_proj.weight"], P["up_proj.weight"], P["down_proj.weight"])
+    if g.kind == "attention":
+        return Attention(cfg, P["q_proj.weight"], P["k_proj.weight"], P["v_proj.weight"], P["o_proj.weight"],
+                         vec["q_norm.weight"], vec["k_norm.weight"])
+    # the fused CPU decode step (conv + norms + delta rule in one pass) when the kernels exist
+    decode_step = getattr(kernels, "deltanet_decode_step", None) if on_cpu else None
+    return GatedDeltaNet(cfg, P["in_proj_qkv.weight"], P["in_proj_z.weight"], P["in_proj_b.weight"],
+                         P["in_proj_a.weight"], P["out_proj.weight"], vec["conv1d.weight"], vec["A_log"],
+                         vec["dt_bias"], vec["norm.weight"], decode_step=decode_step)
+
+
+def cpu_only_placements(cfg, fmt: str = "bf16") -> dict:
+    """Everything resident on the CPU: the plan of a machine without a GPU (and of tests)."""
+    from types import SimpleNamespace
+    return {g.name: SimpleNamespace(name=g.name, home="cpu", decode_device="cpu", prefill_device="cpu",
+                                    stream_prefill=False, crossover_tokens=None, dtype=fmt)
+            for g in cfg.weight_groups()}
