@@ -198,3 +198,18 @@ def test_control_characters_cannot_reach_the_terminal(engine):
     tok = engine.tokenizer
     out = shown(engine, tok.encode("a\x1b[31mb\tc"), color=True, show_thinking=True, starts_in_think=False)
     assert "\x1b[31m" not in out and "\ufffd[31mb\tc" in out
+
+
+def test_the_setup_summary_prints_a_plan_when_the_engine_has_one(engine):
+    from hetero_qwen.commands.chat import summary_lines
+    assert summary_lines(engine, "tiny", random_weights=False) == [
+        f"hetero-qwen chat · tiny · float32 · context {engine.context} tokens"]
+
+    class Planned:
+        model, context = engine.model, engine.context
+
+        def plan_summary(self):
+            return "plan: GPU 14.1 GiB, RAM 40.2 GiB, ~9 tok/s"
+
+    lines = summary_lines(Planned(), "tiny", random_weights=True)
+    assert lines[1] == "plan: GPU 14.1 GiB, RAM 40.2 GiB, ~9 tok/s" and "RANDOM weights" in lines[2]

@@ -177,7 +177,7 @@ class Conversation:
             raise ContextFull(context_full_message(len(ids), self.engine.context))
         logits = self.cache.sync(ids, marks=[self._next_divergence(messages, ids)], should_stop=should_stop)
         self.messages = messages
-        stops = frozenset() if self.settings.ignore_eos else frozenset(self.engine.eos_ids) | set(self.tokenizer.eos_ids)
+        stops = frozenset() if self.settings.ignore_eos else frozenset([*self.engine.eos_ids, *self.tokenizer.eos_ids])
         turn = Turn(self, prompt, ids, logits, self.cache.last, params, stops)
         self.last_turn = turn
         return turn
