@@ -110,7 +110,8 @@ class ChatApp:
                 pass  # a second Ctrl-C: what was generated is kept, like the first
             finally:
                 conversation.end(turn)
-        view.finish("[stopped]" if turn.finish_reason == "interrupted" and self.interactive else None)
+            # Still inside StopOnCtrlC: a late Ctrl-C must not break off the tidy-up.
+            view.finish("[stopped]" if turn.finish_reason == "interrupted" and self.interactive else None)
         if turn.finish_reason == "context":
             self.error(f"the reply stopped at the context limit of {conversation.engine.context} tokens: "
                        f"{CONTEXT_ADVICE}")
