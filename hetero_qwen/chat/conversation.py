@@ -1,0 +1,203 @@
+"""A conversation: its messages, its settings, and the turns that extend it. No terminal code.
+
+Every turn renders the whole history through the chat template and hands the ids to a
+`PromptCache`, which feeds only what the caches do not already hold. The conversation marks where
+the *next* turn's rendering will likely part from this one (e.g. older reasoning is dropped unless
+preserve_thinking is on), so that a snapshot is waiting exactly there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import InputError
+from ..replies import ends_inside_think, split_reasoning
+from ..sampling import PRESETS, Sampler, SamplingParams
+from .prompt_cache import PromptCache, SyncStats, common_prefix
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+THINKING_PRESET, INSTRUCT_PRESET = "thinking-general", "instruct"  # the model card's defaults per mode
+
+# Stand-in reply used to predict how the next turn renders this one (any short word will do).
+_PLACEHOLDER = "x"
+
+
+class ContextFull(InputError):
+    """The conversation no longer fits the context."""
+
+
+CONTEXT_ADVICE = "/reset to start over (/save FILE first to keep it), or restart with a larger --context"
+
+
+def context_full_message(tokens: int, context: int) -> str:
+    return f"the conversation is {tokens} tokens, more than the context of {context}: {CONTEXT_ADVICE}"
+
+
+@dataclass
+class ChatSettings:
+    think: bool = True              # enable_thinking
+    preserve: bool = False          # preserve_thinking: keep older replies' reasoning in the prompt
+    system: str | None = None
+    preset: str | None = None       # None: thinking-general when thinking, instruct otherwise
+    overrides: dict = field(default_factory=dict)  # sampling flags given on the command line
+    max_new_tokens: int | None = None  # None: until an end token or the context is full
+    ignore_eos: bool = False        # keep generating past end tokens (for tests and benchmarks)
+    seed: int | None = None
+
+    def preset_name(self) -> str:
+        return self.preset or (THINKING_PRESET if self.think else INSTRUCT_PRESET)
+
+    def sampling(self) -> SamplingParams:
+        if self.preset_name() not in PRESETS:
+            raise InputError(f"unknown preset {self.preset_name()!r}; choose one of {', '.join(PRESETS)}")
+        try:
+            return PRESETS[self.preset_name()].with_overrides(**self.overrides)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+
+class Turn:
+    """One reply being generated. Iterate it for token ids; stop early by simply not iterating on.
+
+    `finish_reason` is "stop" (an end token), "length" (max_new_tokens), "context" (the context is
+    full) or "interrupted" (the caller stopped iterating). The last token yielded is never fed to the
+    caches (the next turn's sync feeds it if the rendered history keeps it).
+    """
+
+    def __init__(self, conversation: "Conversation", prompt_text: str, prompt_ids: list[int],
+                 logits: torch.Tensor, sync: SyncStats, params: SamplingParams, stop_ids: frozenset[int]):
+        self.conversation = conversation
+        self.prompt_text, self.prompt_ids, self.logits = prompt_text, prompt_ids, logits
+        self.sync = sync
+        self.params = params
+        self.stop_ids = stop_ids
+        self.starts_in_think = ends_inside_think(prompt_text)
+        self.sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
+        self.sampler.generator = conversation.generator  # one seeded stream for the whole chat
+        self.tokens: list[int] = []
+        self.decode_steps = 0
+        self.decode_seconds = 0.0
+        self.finish_reason = "interrupted"
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
+
+    def __iter__(self) -> Iterator[int]:
+        cache = self.conversation.cache
+        context = self.conversation.engine.context
+        limit = self.conversation.settings.max_new_tokens
+        logits = self.logits
+        while True:
+            token = self.sampler(logits)
+            self.sampler.accept(token)
+            self.tokens.append(token)
+            yield token
+            if token in self.stop_ids:
+                self.finish_reason = "stop"
+                return
+            if limit is not None and len(self.tokens) >= limit:
+                self.finish_reason = "length"
+                return
+            if len(cache.tokens) + 1 > context:
+                self.finish_reason = "context"
+                return
+            t0 = time.perf_counter()
+            logits = cache.feed([token])
+            self.decode_seconds += time.perf_counter() - t0
+            self.decode_steps += 1
+
+    def reply_text(self) -> str:
+        ids = self.tokens[:-1] if self.finish_reason == "stop" else self.tokens
+        return self.conversation.tokenizer.decode(ids)
+
+    def message(self) -> dict:
+        """The reply as an OpenAI-style assistant message (reasoning_content when there was thinking)."""
+        reasoning, content = split_reasoning(self.reply_text(), started_in_think=self.starts_in_think)
+        message = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        return message
+
+
+class Conversation:
+    def __init__(self, engine: "Engine", settings: ChatSettings | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.settings = settings or ChatSettings()
+        self.messages: list[dict] = []  # everything but the system message (settings.system)
+        self.cache = PromptCache(engine.session())
+        self.generator = torch.Generator()
+        self.generator.manual_seed(self.settings.seed if self.settings.seed is not None
+                                   else int(torch.seed() % 2**63))
+        self.last_turn: Turn | None = None
+        self.decoded_total = 0
+
+    # ---- history ---------------------------------------------------------------------------
+    def history(self, messages: list[dict] | None = None) -> list[dict]:
+        """The messages as the template sees them: the system message first when there is one."""
+        return _with_system(self.settings.system, self.messages if messages is None else messages)
+
+    def reset(self) -> None:
+        """Forget the messages (the system prompt stays); the caches are reused where they still match."""
+        self.messages = []
+
+    def replace(self, messages: list[dict]) -> None:
+        """Take over a saved conversation: a leading system message becomes the system prompt."""
+        messages = list(messages)
+        system = None
+        if messages and messages[0].get("role") == "system":
+            system = messages.pop(0).get("content") or None
+        if messages:  # the template checks what we cannot: roles in order, a user query present
+            self.render(_with_system(system, messages), add_generation_prompt=True)
+        self.settings.system = system
+        self.messages = messages
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.render(messages, enable_thinking=self.settings.think,
+                                     preserve_thinking=self.settings.preserve,
+                                     add_generation_prompt=add_generation_prompt)
+
+    # ---- turns -----------------------------------------------------------------------------
+    def begin(self, text: str, should_stop: Callable[[], bool] | None = None) -> Turn:
+        """Add a user message and prefill up to the reply. The message joins the history only
+        if this succeeds (raises ContextFull, prompt_cache.Interrupted, InputError)."""
+        params = self.settings.sampling()
+        messages = self.messages + [{"role": "user", "content": text}]
+        prompt = self.render(self.history(messages), add_generation_prompt=True)
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) >= self.engine.context:
+            raise ContextFull(context_full_message(len(ids), self.engine.context))
+        logits = self.cache.sync(ids, marks=[self._next_divergence(messages, ids)], should_stop=should_stop)
+        self.messages = messages
+        stops = frozenset() if self.settings.ignore_eos else frozenset([*self.engine.eos_ids, *self.tokenizer.eos_ids])
+        turn = Turn(self, prompt, ids, logits, self.cache.last, params, stops)
+        self.last_turn = turn
+        return turn
+
+    def end(self, turn: Turn) -> dict:
+        """Record the reply (whole or partial) in the history."""
+        message = turn.message()
+        self.messages.append(message)
+        self.decoded_total += len(turn.tokens)
+        return message
+
+    def _next_divergence(self, messages: list[dict], ids: list[int]) -> int:
+        """Where the next turn's prompt will likely first differ from `ids`: render the history as
+        it will look then (this reply done, another question asked) with stand-in text."""
+        reply = {"role": "assistant", "content": _PLACEHOLDER}
+        if self.settings.think:
+            reply["reasoning_content"] = _PLACEHOLDER
+        later = self.history(messages + [reply, {"role": "user", "content": _PLACEHOLDER}])
+        return common_prefix(ids, self.tokenizer.encode(self.render(later, add_generation_prompt=False)))
+
+
+def _with_system(system: str | None, messages: list[dict]) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + list(messages)
