@@ -133,3 +133,15 @@ def make_devices(gpu_budget: int | None, cpu_budget: int | None, simulate_gpu: b
     use_cuda = torch.cuda.is_available() and not simulate_gpu
     gpu = Device("gpu", "cuda:0" if use_cuda else "cpu", gpu_budget, simulated=not use_cuda)
     return Devices(gpu, cpu)
+
+
+def working_set_hook(devices: Devices):
+    """An op hook charging each GPU op's activations (its input and output) to the GPU budget
+    for the duration of the op: an op that does not fit raises BudgetExceeded naming it."""
+    def hook(op_name: str, dev: Device, x: torch.Tensor, out: torch.Tensor) -> None:
+        if dev.name != "gpu":
+            return
+        n = x.numel() * x.element_size() + out.numel() * out.element_size()
+        dev.memory.alloc(n, f"op {op_name}")
+        dev.memory.free(n, f"op {op_name}")
+    return hook

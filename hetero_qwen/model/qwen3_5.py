@@ -8,6 +8,7 @@ The forward loop moves the hidden state only where consecutive ops change device
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,11 +92,13 @@ class Qwen35Model:
         x = self.devices.hop(x, cur, dev)
         h = rms_norm(x, slot.norms[dev.name], self.cfg.rms_norm_eps)
         streamed = dev.name in slot.streamed
+        t0 = time.perf_counter()
         if streamed:
             self.prefetcher.acquire(slot.name)
         out = slot.ops[dev.name](h, *args)
         if streamed:
             self.prefetcher.release(slot.name)
+        dev.busy_seconds += time.perf_counter() - t0  # issue time on CUDA (asynchronous)
         if self.op_hook is not None:
             self.op_hook(slot.name, dev, h, out)
         return out, dev, x
