@@ -13,7 +13,7 @@ import typer
 
 from .errors import HeteroQwenError
 
-COMMAND_MODULES = ()  # e.g. ("generate", "plan"): modules under hetero_qwen.commands
+COMMAND_MODULES = ("plan", "probe")  # modules under hetero_qwen.commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run Qwen3.5/3.6 hybrid models on one GPU plus host RAM.")

@@ -288,14 +288,14 @@ def _build(flat: dict, overrides, where: _Where) -> Profile:
     return p
 
 
-def load_profile(source: str | Path | dict | None) -> Profile:
-    """A validated Profile from a YAML path, an already-parsed dict, or None (all defaults)."""
+def load_profile(source: str | Path | dict | None, name: str = "profile") -> Profile:
+    """A validated Profile from a YAML path, an already-parsed dict (`name` labels its errors),
+    or None (all defaults)."""
     if source is None:
         return Profile()
     if isinstance(source, dict):
-        where = _Where("profile")
-        flat, overrides = _flatten_dict(source, where)
-        return _build(flat, overrides, _NoLines("profile"))
+        flat, overrides = _flatten_dict(source, _Where(name))
+        return _build(flat, overrides, _NoLines(name))
     path = Path(source)
     where = _Where(str(path))
     try:

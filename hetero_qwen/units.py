@@ -71,11 +71,11 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_rate(bps: float) -> str:
-    return f"{bps / 1e9:g}GB/s" if bps >= 1e9 else f"{bps / 1e6:g}MB/s"
+    return f"{bps / 1e9:.3g}GB/s" if bps >= 1e9 else f"{bps / 1e6:.3g}MB/s"
 
 
 def fmt_flops(f: float) -> str:
-    return f"{f / 1e12:g}TFLOPS" if f >= 1e12 else f"{f / 1e9:g}GFLOPS"
+    return f"{f / 1e12:.3g}TFLOPS" if f >= 1e12 else f"{f / 1e9:.3g}GFLOPS"
 
 
 def fmt_size_yaml(n: int) -> str:
