@@ -56,4 +56,6 @@ def _smaller(fmt: str, than: str) -> bool:
 
 
 def _round_up(n: int) -> int:
-    return math.ceil(n / 2**30) * 2**30
+    """Up to whole GiB from 1 GiB on, else to whole MiB."""
+    unit = 2**30 if n >= 2**30 else 2**20
+    return math.ceil(n / unit) * unit

@@ -35,11 +35,12 @@ def cheapest_spill_rate(ctx: PlanContext, cap: int) -> float:
 
 
 def choose_spill(cands: list[tuple[int, int, float]], overflow: int) -> list[int] | None:
-    """Item indices to move, covering `overflow` bytes at least cost; None if even all cannot."""
+    """Item indices to move, covering `overflow` bytes at least cost; all of them if even that
+    cannot cover it (the plan stays infeasible but its shortfall, which the error reports, is least)."""
     if overflow <= 0:
         return []
     if sum(b for _, b, _ in cands) < overflow:
-        return None
+        return sorted(i for i, _, _ in cands)
     types: dict = {}
     for i, b, d in cands:
         types.setdefault((b, d), []).append(i)
