@@ -49,10 +49,12 @@ class PlanContext:
 
     def streams(self, i: int, home: str, cap: int) -> bool:
         """Prefill copies this off-GPU block to the GPU: it fits a staging slot and a full chunk
-        is past its crossover."""
+        is past its crossover (prefill.stream `on`: always)."""
         it = self.items[i]
         if home == "gpu" or not it.streamable or cap <= 0 or it.nbytes(home) > cap:
             return False
+        if self.p.prefill_stream == "on":
+            return True
         xo = self.crossover(i, home)
         return xo is not None and self.first_chunk >= xo
 

@@ -18,14 +18,15 @@ Chooser = Callable[[PlanContext, int], list]
 
 def stream_caps(ctx: PlanContext) -> list[int]:
     """Candidate staging-slot sizes: 0 (no streaming) and each distinct streamable block size whose
-    two pinned slots fit `cpu.pinned`. A slot of size s lets every block of <= s bytes stream."""
+    two pinned slots fit `cpu.pinned`. A slot of size s lets every block of <= s bytes stream.
+    prefill.stream `on` tries only the largest slot (then none, if that cannot fit)."""
     p = ctx.p
     if not p.has_gpu or p.prefill_stream == "off":
         return [0]
     sizes = sorted({it.nbytes(h) for it in ctx.items if it.streamable for h in ("cpu", "disk")})
     sizes = [s for s in sizes if 2 * s <= p.pinned]
-    if p.prefill_stream == "on":
-        return sizes[-1:] or [0]
+    if p.prefill_stream == "on":  # one slot for every block; without room for it, no streaming
+        return sizes[-1:] + [0]
     return [0] + sizes
 
 
