@@ -23,10 +23,11 @@ FMT_BYTES = {"gpu": "gpu_dtype", "cpu": "cpu_dtype"}
 
 
 @st.composite
-def profiles(draw, spill=None):
+def profiles(draw, spill=None, roomy=False):
+    """Random budgets for TINY; `roomy`: RAM holds every weight (the regime where auto is exact)."""
     d = tiny_profile_dict(
         gpu__vram=draw(st.sampled_from([0, 30_000, 100_000, 250_000, 400_000, 800_000])),
-        cpu__ram=draw(st.integers(60_000, 1_500_000)),
+        cpu__ram=draw(st.integers(60_000, 1_500_000)) if not roomy else 20_000_000,
         cpu__pinned=draw(st.sampled_from([20_000, 1_000_000])),
         context=draw(st.integers(1, 2048)),
         weights={"gpu_dtype": draw(st.sampled_from(["bf16", "int8", "int4"])),
@@ -94,16 +95,16 @@ def _objective(profile):
 
 
 @SETTINGS
-@given(profiles(spill=False), st.integers(1, 500_000))
+@given(profiles(roomy=True), st.integers(1, 500_000))
 def test_more_vram_never_slower(profile, extra):
-    """Exact when RAM holds every off-GPU weight (no disk spill): see COST_MODEL.md."""
+    """Guaranteed where auto is exact: RAM holds every off-GPU weight (see COST_MODEL.md)."""
     before, after = _objective(profile), _objective(profile.replace(vram=profile.vram + extra))
     if before is not None:
         assert after is not None and after <= before * (1 + 1e-12)
 
 
 @SETTINGS
-@given(profiles(spill=False), st.sampled_from(["bw_gpu", "bw_cpu", "bw_pcie", "bw_disk", "gpu_flops", "cpu_flops"]),
+@given(profiles(roomy=True), st.sampled_from(["bw_gpu", "bw_cpu", "bw_pcie", "bw_disk", "gpu_flops", "cpu_flops"]),
        st.floats(1.01, 4.0))
 def test_more_bandwidth_never_slower(profile, knob, factor):
     before = _objective(profile)
