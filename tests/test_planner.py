@@ -18,7 +18,7 @@ from placement_policies import POLICIES, make_plan
 from tests.planner_fixtures import tiny_config, tiny_profile_dict
 
 TINY = tiny_config()
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FMT_BYTES = {"gpu": "gpu_dtype", "cpu": "cpu_dtype"}
 
 
