@@ -1,0 +1,41 @@
+"""Placement policies and the one entry point that plans a model for a profile.
+
+    plan = make_plan(load_config("qwen3.6-27b"), load_profile("gpu24-ram64.yaml"))
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from hetero_qwen.config import ModelConfig
+from hetero_qwen.errors import ProfileError
+from hetero_qwen.planner.context import PlanContext
+from hetero_qwen.planner.driver import run_policy
+from hetero_qwen.planner.plan import Plan
+from hetero_qwen.profile import Profile
+
+from . import ffn_cpu, layers, optimal
+
+POLICIES = {
+    "auto": optimal.choose,
+    "layers": layers.choose,
+    "ffn-cpu": ffn_cpu.choose,
+}
+
+
+def check_policy(name: str, source: str = "profile") -> str:
+    if name not in POLICIES:
+        close = difflib.get_close_matches(name, list(POLICIES), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ProfileError(f"{source}: policy: {name!r} is not a policy; {hint}use {' | '.join(POLICIES)}")
+    return name
+
+
+def make_plan(cfg: ModelConfig, profile: Profile, policy: str | None = None,
+              context: int | None = None, model: str = "model") -> Plan:
+    """The best plan of `policy` (default: the profile's) for `cfg` within `profile`'s budgets.
+    Raises PlanError (one line: what is missing, which knob fixes it) when nothing fits."""
+    if context is not None:
+        profile = profile.replace(context=context)
+    name = check_policy(policy or profile.policy, "--policy" if policy else profile.source)
+    return run_policy(PlanContext(cfg, profile, model), name, POLICIES[name])

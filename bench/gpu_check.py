@@ -1,0 +1,208 @@
+"""GPU check: run on a CUDA machine (an H200 here) with VRAM capped to a consumer size.
+
+One run does, and writes one JSON file under $OUT (or --out):
+  1. equivalence against transformers on CUDA, for every policy (tiny fp32 model, several budgets);
+  2. decode and prefill tokens/s of a Qwen3.6-27B-shaped random-weight model cut to --layers
+     layers, for `ffn-cpu`, `layers` and `auto`, with the planner's prediction next to each figure;
+  3. HF accelerate `device_map="auto"` on the same checkpoint and the same max_memory.
+The VRAM cap is scaled to the cut model: cap = --vram * (layers/64) (+ embed and head share) so the
+placement pressure matches the full model on a card of --vram.
+
+  python bench/gpu_check.py --vram 24GB --layers 8 --out $OUT/gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+GiB = 2**30
+
+
+def parse_size(s: str) -> int:
+    from hetero_qwen.units import parse_size as ps
+    return ps(s)
+
+
+def cap_vram(nbytes: int) -> None:
+    """Make the CUDA allocator refuse to grow past `nbytes` (a consumer card's size)."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), 0)
+
+
+def equivalence(results: dict) -> None:
+    import hetero_qwen
+    from hf_models import hf_logits, make_hf_model, save_hf_model
+    hf = make_hf_model("causal", seed=0)
+    ids = [(7 * i + 3) % 300 + 1 for i in range(200)]
+    ref = hf_logits(hf, ids)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        save_hf_model(hf, Path(d))
+        for policy in ("layers", "ffn-cpu", "auto"):
+            for vram in ("400KB", "1MB", "8MB"):
+                prof = {"gpu": {"vram": vram}, "cpu": {"ram": "8GiB", "threads": 4}, "context": 512,
+                        "policy": policy, "weights": {"gpu_dtype": "fp32", "cpu_dtype": "fp32"},
+                        "prefill": {"stream": "on"}}
+                row = {"policy": policy, "vram": vram}
+                try:
+                    eng = hetero_qwen.load(d, profile=prof, quiet=True)
+                    out = eng.logits(ids)
+                    row["rel_err"] = float((out - ref).abs().max() / ref.abs().max())
+                    row["ok"] = row["rel_err"] < 1e-4
+                except Exception as e:  # an infeasible tiny budget is a valid outcome, recorded
+                    row["error"] = f"{type(e).__name__}: {e}"
+                rows.append(row)
+                print("equivalence", row, flush=True)
+    results["equivalence"] = rows
+
+
+def write_27b_cut(where: Path, layers: int) -> None:
+    """Random bf16 weights of the real 27B shapes, `layers` layers (keeps the 3:1 pattern)."""
+    from safetensors.torch import save_file
+    from hetero_qwen.checkpoint import tensor_name
+    from hetero_qwen.config import ModelConfig, load_raw_config
+    raw = load_raw_config("qwen3.6-27b")
+    text = dict(raw["text_config"])
+    text["num_hidden_layers"] = layers
+    text["layer_types"] = text["layer_types"][:layers]
+    raw["text_config"] = text
+    raw.pop("vision_config", None)
+    raw["architectures"] = ["Qwen3_5ForConditionalGeneration"]
+    cfg = ModelConfig.from_dict(raw)
+    (where / "config.json").write_text(json.dumps(raw))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shard, n, index = {}, 0, {}
+    def flush():
+        nonlocal shard, n
+        if shard:
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, str(where / name))
+            index.update({k: name for k in shard})
+            shard, n = {}, n + 1
+    for grp in cfg.weight_groups():
+        for local, shape in list(grp.matrices) + list(grp.vectors):
+            t = torch.randn(shape, generator=g, device="cuda", dtype=torch.float32) * 0.02
+            if local == "A_log":
+                t = torch.zeros(shape, device="cuda")
+            shard[tensor_name(grp.name, grp.kind, local, cfg)] = t.to(torch.bfloat16).cpu()
+        if sum(v.numel() * 2 for v in shard.values()) > 2 * GiB:
+            flush()
+    flush()
+    (where / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+
+
+def speed(results: dict, args) -> None:
+    import hetero_qwen
+    layers, vram = args.layers, parse_size(args.vram)
+    # embed + head (5.1 GB) are fixed; scale the per-layer share of the card with the cut
+    cap = int((vram - 5.1e9) * layers / 64 + 5.1e9) if args.scale_vram else vram
+    results["cap_bytes"] = cap
+    prompt = [(i * 31) % 200000 + 10 for i in range(args.prefill)]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+        t0 = time.time()
+        write_27b_cut(Path(d), layers)
+        results["write_seconds"] = time.time() - t0
+        for policy in ("ffn-cpu", "layers", "auto"):
+            prof = {"gpu": {"vram": cap}, "cpu": {"ram": "100GiB", "threads": args.threads}, "context": 4096,
+                    "policy": policy, "bandwidth": {"gpu": "4000GB/s", "cpu": args.cpu_bw, "pcie": args.pcie_bw}}
+            row = {"policy": policy}
+            try:
+                eng = hetero_qwen.load(d, profile=prof, quiet=True)
+                row["predicted"] = {"decode_tokens_per_s": eng.plan.predicted.decode_tokens_per_s,
+                                    "prefill_tokens_per_s": eng.plan.predicted.prefill_tokens_per_s}
+                s = eng.session()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                logits = s.feed(prompt)
+                torch.cuda.synchronize()
+                row["prefill_tokens_per_s"] = len(prompt) / (time.perf_counter() - t0)
+                tok = int(logits[-1].argmax())
+                t0 = time.perf_counter()
+                for _ in range(args.decode):
+                    tok = int(s.feed([tok])[-1].argmax())
+                row["decode_tokens_per_s"] = args.decode / (time.perf_counter() - t0)
+                row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+                del eng, s
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            rows.append(row)
+            print("speed", row, flush=True)
+        rows.append(accelerate_row(d, cap, prompt, args))
+    results["speed"] = rows
+
+
+def accelerate_row(d: str, cap: int, prompt: list[int], args) -> dict:
+    row = {"policy": "hf-accelerate"}
+    try:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="auto",
+                                                     max_memory={0: cap, "cpu": 100 * GiB})
+        ids = torch.tensor([prompt], device="cuda")
+        with torch.inference_mode():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            torch.cuda.synchronize()
+            row["prefill_tokens_per_s"] = len(prompt) / (time.perf_counter() - t0)
+            past = out.past_key_values
+            tok = out.logits[:, -1:].argmax(-1)
+            t0 = time.perf_counter()
+            for _ in range(max(2, args.decode // 4)):
+                out = model(tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            row["decode_tokens_per_s"] = max(2, args.decode // 4) / (time.perf_counter() - t0)
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {e}"
+    print("speed", row, flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vram", default="24GB")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--no-scale-vram", dest="scale_vram", action="store_false")
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--cpu-bw", default="100GB/s")
+    ap.add_argument("--pcie-bw", default="50GB/s")
+    ap.add_argument("--tmp", default=None)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: bench/gpu_check.py needs a CUDA GPU")
+    cap_vram(parse_size(args.vram))
+    results = {"machine": {"gpu": torch.cuda.get_device_name(0), "host": platform.node(),
+                           "torch": torch.__version__, "vram_cap": args.vram, "layers": args.layers}}
+    try:
+        equivalence(results)
+        if not args.skip_speed:
+            speed(results, args)
+    finally:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

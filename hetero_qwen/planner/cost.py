@@ -1,0 +1,127 @@
+"""The cost model: seconds for one item in decode and in prefill, hops, and the stream crossover.
+
+Equations (see placement_policies/COST_MODEL.md). Every op is roofline-bound:
+    t = max(bytes_read / bandwidth, flops / flop_rate)
+Decode runs each item on its home device (GPU home -> GPU, RAM or disk home -> CPU): streaming a
+block over PCIe per token costs bytes/B_pcie >= bytes/B_cpu whenever B_cpu >= B_pcie.
+Prefill may stream an off-GPU block to the GPU instead (overlapped copy, so max() of the terms).
+"""
+
+from __future__ import annotations
+
+from ..profile import Profile
+from .items import Item
+
+MAX_CROSSOVER = 1 << 20  # tokens; beyond this we say streaming never wins
+
+
+def device_of(home: str) -> str:
+    """Where an item computes when it is not streamed: its cache lives there too."""
+    return "gpu" if home == "gpu" else "cpu"
+
+
+def tier_bandwidth(p: Profile, tier: str) -> float:
+    return {"gpu": p.bw_gpu, "cpu": p.bw_cpu, "disk": p.bw_disk}[tier]
+
+
+def flop_rate(p: Profile, device: str) -> float:
+    return p.gpu_flops if device == "gpu" else p.cpu_flops
+
+
+def stream_bandwidth(p: Profile, home: str) -> float:
+    """Bytes/s a block reaches the GPU from its home: PCIe, or the slower of disk and PCIe."""
+    return p.bw_pcie if home == "cpu" else min(p.bw_pcie, p.bw_disk)
+
+
+# ---- decode: one token at `position` tokens of context -------------------------------------------
+def decode_weight_bytes(item: Item, home: str) -> int:
+    return item.row_bytes[home] if item.kind == "embed" else item.nbytes(home)
+
+
+def decode_cache_bytes(item: Item, position: float) -> float:
+    """Attention reads K and V of every cached token; DeltaNet reads and writes its state."""
+    return item.kv_per_token * position + 2 * item.state_bytes
+
+
+def decode_flops(item: Item, position: float) -> float:
+    weights = 0 if item.kind == "embed" else 2 * item.params
+    return weights + item.attn_pair_flops * position + item.recurrent_flops
+
+
+def decode_time(item: Item, home: str, position: float, p: Profile) -> float:
+    dev = device_of(home)
+    mem = (decode_weight_bytes(item, home) / tier_bandwidth(p, home)
+           + decode_cache_bytes(item, position) / tier_bandwidth(p, dev))
+    return max(mem, decode_flops(item, position) / flop_rate(p, dev))
+
+
+# ---- prefill: `n` new tokens after `prefix` cached ones ------------------------------------------
+def prefill_weight_bytes(item: Item, home: str, n: int) -> int:
+    if item.kind == "embed":
+        return min(n * item.row_bytes[home], item.nbytes(home))
+    return item.nbytes(home)
+
+
+def prefill_cache_bytes(item: Item, n: int, prefix: int) -> float:
+    return item.kv_per_token * (prefix + n) + 2 * item.state_bytes
+
+
+def prefill_flops(item: Item, n: int, prefix: int) -> float:
+    if item.kind == "embed":
+        return 0.0
+    if item.kind == "head":
+        return 2.0 * item.params  # only the last position's logits are needed
+    pairs = n * prefix + n * (n + 1) / 2  # causal (query, key) pairs
+    return 2.0 * item.params * n + item.attn_pair_flops * pairs + item.recurrent_flops * n
+
+
+def prefill_time(item: Item, home: str, device: str, n: int, prefix: int, p: Profile) -> float:
+    """Seconds for `item` over an n-token chunk; device != device_of(home) means streamed to the GPU."""
+    wb, cb, fl = prefill_weight_bytes(item, home, n), prefill_cache_bytes(item, n, prefix), prefill_flops(item, n, prefix)
+    if device == device_of(home):
+        mem = wb / tier_bandwidth(p, home) + cb / tier_bandwidth(p, device)
+    else:  # weights and cache cross PCIe, overlapped with the previous block's compute
+        mem = wb / stream_bandwidth(p, home) + cb / p.bw_pcie
+    return max(mem, fl / flop_rate(p, device))
+
+
+def crossover_tokens(item: Item, home: str, p: Profile) -> int | None:
+    """Smallest chunk n for which streaming this off-GPU item beats computing it on the CPU
+    (assumes one crossing, true when F_gpu >= F_cpu); None if it never does."""
+    if home == "gpu" or not item.streamable or not p.has_gpu:
+        return None
+
+    def wins(n: int) -> bool:
+        return prefill_time(item, home, "gpu", n, 0, p) < prefill_time(item, home, "cpu", n, 0, p)
+
+    if not wins(MAX_CROSSOVER):
+        return None
+    lo, hi = 0, MAX_CROSSOVER  # wins(hi) is true; find the smallest such n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if wins(mid) else (mid, hi)
+    return hi
+
+
+# ---- hops: the hidden state changes device -------------------------------------------------------
+def decode_hop_time(p: Profile) -> float:
+    return p.hop_latency  # one [hidden] vector: latency bound
+
+
+def prefill_hop_time(n: int, hidden: int, p: Profile) -> float:
+    return p.hop_latency + n * hidden * 2 / p.bw_pcie  # [n, hidden] bf16 activations
+
+
+def prompt_chunks(prompt_tokens: int, chunk: int) -> list[tuple[int, int]]:
+    """(n, prefix) for each forward of a prompt processed `chunk` tokens at a time."""
+    out, done = [], 0
+    while done < prompt_tokens:
+        n = min(chunk, prompt_tokens - done)
+        out.append((n, done))
+        done += n
+    return out
+
+
+def mean_decode_position(p: Profile) -> float:
+    """Average cached length over the workload's output tokens (token i sees prompt + i + 1)."""
+    return p.prompt_tokens + (p.output_tokens + 1) / 2

@@ -1,0 +1,58 @@
+"""The readable `hetero-qwen plan` report: memory per tier against budget, a one-character-per-layer
+map of where each part lives and runs, predicted speeds and the bottleneck."""
+
+from __future__ import annotations
+
+from ..units import fmt_bytes
+from .plan import GroupPlacement, Plan
+
+LEGEND = ("G = GPU, c = RAM (CPU computes), s = RAM streamed to the GPU for prefill, "
+          "d = disk (mmap, CPU computes), D = disk streamed for prefill")
+
+
+def cell(g: GroupPlacement) -> str:
+    if g.home == "gpu":
+        return "G"
+    if g.home == "cpu":
+        return "s" if g.stream_prefill else "c"
+    return "D" if g.stream_prefill else "d"
+
+
+def layer_map(plan: Plan) -> list[str]:
+    layers = sorted({g.layer for g in plan.groups if g.layer is not None})
+    by = {(g.layer, g.kind == "ffn"): g for g in plan.groups if g.layer is not None}
+    kinds = "".join("A" if by[(L, False)].kind == "attention" else "-" for L in layers)
+    mixers = "".join(cell(by[(L, False)]) for L in layers)
+    ffns = "".join(cell(by[(L, True)]) for L in layers)
+    ruler = "".join(str(L // 10 % 10) if L % 10 == 0 else " " for L in layers)
+    return [f"  layer  {ruler}", f"  type   {kinds}   (A = full attention, - = DeltaNet)",
+            f"  mixer  {mixers}", f"  ffn    {ffns}"]
+
+
+def render(plan: Plan) -> str:
+    pr = plan.predicted
+    out = [f"plan: {plan.model}, policy {plan.policy}, profile {plan.profile}, context {plan.context} tokens",
+           f"weights: gpu {plan.gpu_dtype}, cpu {plan.cpu_dtype}, disk {plan.disk_dtype} (checkpoint)",
+           "", "memory (used / budget):"]
+    for name, t in plan.tiers.items():
+        detail = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in t.lines.items() if v)
+        flag = "" if t.fits else f"  SHORT BY {fmt_bytes(t.short_bytes)}"
+        out.append(f"  {name:<5}{fmt_bytes(t.used_bytes):>12} / {fmt_bytes(t.budget_bytes):<11}{detail}{flag}")
+    embed = next(g for g in plan.groups if g.kind == "embed")
+    head = next(g for g in plan.groups if g.kind == "head")
+    out += ["", f"placement ({LEGEND}):"] + layer_map(plan)
+    out += [f"  embed {cell(embed)}   head {cell(head)}   KV cache: {plan.kv_home}   "
+            f"DeltaNet state: {plan.state_home}   stream slot: {fmt_bytes(plan.stream_slot_bytes)}"]
+    t = pr.decode_time_s
+    read = pr.decode_bytes
+    out += ["", f"predicted (prompt {pr.prefill_tokens} tokens, then decode at mean position {pr.position:g}):",
+            f"  decode   {pr.decode_tokens_per_s:6.2f} tokens/s  ({pr.decode_s_per_token * 1e3:.1f} ms/token: "
+            f"gpu {t['gpu'] * 1e3:.1f} + cpu {t['cpu'] * 1e3:.1f} + disk {t['disk'] * 1e3:.1f} + "
+            f"{pr.hops_decode} hops {t['hops'] * 1e3:.2f} ms; reads gpu {fmt_bytes(read['gpu'])}, "
+            f"cpu {fmt_bytes(read['cpu'])}, disk {fmt_bytes(read['disk'])})",
+            f"  decode   {pr.decode_tokens_per_s_at_context:6.2f} tokens/s  with the full {plan.context}-token context cached",
+            f"  prefill  {pr.prefill_tokens_per_s:6.0f} tokens/s  ({pr.prefill_s:.2f} s; "
+            f"{fmt_bytes(pr.prefill_bytes['pcie'])} over PCIe)",
+            f"  bottleneck: {pr.bottleneck}"]
+    out += [f"  note: {n}" for n in plan.notes]
+    return "\n".join(out)

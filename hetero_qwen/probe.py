@@ -1,0 +1,139 @@
+"""Measure this machine and write a starting profile: RAM and VRAM budgets, CPU read bandwidth and
+GEMM rate, and on CUDA machines GPU bandwidth, pinned host-to-device bandwidth, hop latency and GEMM
+rate. Every CUDA call is guarded: without a GPU the profile simply has no `gpu` section.
+Takes a few seconds; numbers are best-of-N to dodge noise from other processes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import ProfileError
+from .profile import load_profile
+from .units import fmt_flops, fmt_rate, fmt_size_yaml
+
+RAM_FRACTION = 0.8  # of what is available now: leave the OS and page cache room
+VRAM_FRACTION = 0.9  # of the free VRAM now
+CPU_BUFFER = 256 * 2**20  # bytes summed to measure read bandwidth (well past any cache)
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm up: page faults, thread pool start, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_cpu(threads: int) -> dict:
+    import psutil
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(CPU_BUFFER // 4, dtype=torch.float32)
+    bw = CPU_BUFFER / _best(lambda: x.sum(), 5)
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    flops = 2 * n**3 / _best(lambda: a @ b, 5)
+    del x
+    return {"ram_available": psutil.virtual_memory().available, "bw_cpu": bw, "cpu_flops": flops}
+
+
+def measure_gpu() -> dict | None:
+    """VRAM, device bandwidth, pinned H2D bandwidth, hop latency and bf16 GEMM rate; None without CUDA."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        dev = torch.device("cuda", 0)
+        free, _total = torch.cuda.mem_get_info(dev)
+
+        def timed(fn, repeats=5) -> float:
+            def run():
+                fn()
+                torch.cuda.synchronize(dev)
+            return _best(run, repeats)
+
+        n = 128 * 2**20
+        src = torch.empty(n, dtype=torch.uint8, device=dev)
+        dst = torch.empty_like(src)
+        bw_gpu = 2 * n / timed(lambda: dst.copy_(src))  # read + write
+        host = torch.empty(n, dtype=torch.uint8).pin_memory()
+        bw_pcie = n / timed(lambda: dst.copy_(host, non_blocking=True))
+        small = torch.empty(5120 * 2, dtype=torch.uint8).pin_memory()
+        small_dev = torch.empty_like(small, device=dev)
+        hop = timed(lambda: (small_dev.copy_(small), small.copy_(small_dev)), 20) / 2
+        m = 4096
+        a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+        flops = 2 * m**3 / timed(lambda: a @ a)
+        del src, dst, host, small, small_dev, a
+        torch.cuda.empty_cache()
+        return {"vram_free": free, "bw_gpu": bw_gpu, "bw_pcie": bw_pcie, "hop": hop, "gpu_flops": flops}
+    except Exception:  # a broken driver must not stop a CPU-only profile
+        return None
+
+
+def measure() -> dict:
+    import psutil
+    threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    out = {"threads": threads, **measure_cpu(threads)}
+    gpu = measure_gpu()
+    if gpu:
+        out.update(gpu)
+    return out
+
+
+def profile_yaml(m: dict) -> str:
+    """A commented profile from measurements (see `measure`)."""
+    ram = max(int(m["ram_available"] * RAM_FRACTION) // 2**20 * 2**20, 2**30)
+    cpu_reserve = min(2**30, ram // 4)
+    lines = ["# Written by `hetero-qwen probe`: measured on this machine; edit freely.",
+             "# Budgets are safe fractions of what was free when probed."]
+    if "vram_free" in m:
+        vram = int(m["vram_free"] * VRAM_FRACTION) // 2**20 * 2**20
+        lines += [f"gpu:   # {VRAM_FRACTION:.0%} of the free VRAM; reserve = CUDA context + allocator slack",
+                  f"  vram: {fmt_size_yaml(vram)}",
+                  "  reserve: 768MiB",
+                  f"  flops: {fmt_flops(m['gpu_flops'])}   # bf16 4096^3 GEMM"]
+    else:
+        lines += ["# no CUDA device found: everything runs on the CPU (add gpu: {vram: ...} if you have one)"]
+    lines += [f"cpu:   # ram = {RAM_FRACTION:.0%} of available RAM",
+              f"  ram: {fmt_size_yaml(ram)}",
+              f"  threads: {m['threads']}   # physical cores",
+              f"  reserve: {fmt_size_yaml(cpu_reserve)}",
+              f"  flops: {fmt_flops(m['cpu_flops'])}   # fp32 1024^3 GEMM",
+              "context: 32768",
+              "policy: auto",
+              "weights: {gpu_dtype: bf16, cpu_dtype: bf16}   # cpu_dtype int8 | int4 halves/quarters RAM reads",
+              "bandwidth:",
+              f"  cpu: {fmt_rate(m['bw_cpu'])}   # sum over a {CPU_BUFFER >> 20} MiB buffer"]
+    if "bw_gpu" in m:
+        lines += [f"  gpu: {fmt_rate(m['bw_gpu'])}   # device-to-device copy",
+                  f"  pcie: {fmt_rate(m['bw_pcie'])}   # pinned host-to-device copy"]
+    lines += ["  disk: 3GB/s   # not measured: NVMe default; only used when RAM overflows"]
+    if "hop" in m:
+        lines += [f"hop_latency: {max(m['hop'] * 1e6, 1):.0f}us   # one hidden-state copy each way"]
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(path: Path, text: str) -> None:
+    """Validate, then write atomically: a temp file in the same directory renamed over `path`."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ProfileError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        load_profile(tmp)  # never leave behind a profile we cannot read back
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
