@@ -52,6 +52,18 @@ class Session:
         self.caches = engine.model.new_caches(1, engine.context)
         self.tokens: list[int] = []
 
+    def close(self) -> None:
+        """Give the caches' bytes back to their tiers (the caches are unusable afterwards)."""
+        if self.caches:
+            self.engine.model.release_caches(self.caches)
+            self.caches = []
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def reset(self) -> None:
         for c in self.caches:
             c.reset()
@@ -72,10 +84,11 @@ class Session:
         self.engine.check_ids(ids, already=len(self.tokens))
         model = self.engine.model
         outs = []
-        for s in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[s:s + PREFILL_CHUNK]
+        step = self.engine.prefill_chunk
+        for s in range(0, len(ids), step):
+            chunk = ids[s:s + step]
             last = not all_logits
-            if last and s + PREFILL_CHUNK < len(ids):
+            if last and s + step < len(ids):
                 model.prefill_only(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
             else:
                 outs.append(model.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
@@ -85,9 +98,12 @@ class Session:
 
 class Engine:
     def __init__(self, cfg: ModelConfig, model: Qwen35Model, path: Path | None, context: int,
-                 eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None):
+                 eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None, devices=None,
+                 prefill_chunk: int = PREFILL_CHUNK):
         self.cfg, self.model, self.path = cfg, model, path
         self.context = context
+        self.devices = devices if devices is not None else model.devices
+        self.prefill_chunk = prefill_chunk
         self.eos_ids = tuple(eos_ids) or cfg.eos_token_ids
         self._tokenizer = tokenizer
         self.plan = plan
@@ -118,7 +134,33 @@ class Engine:
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Prefill logits for every position: fp32 [len(ids), vocab]."""
-        return self.session().feed(list(ids), all_logits=True)
+        s = self.session()
+        try:
+            return s.feed(list(ids), all_logits=True)
+        finally:
+            s.close()
+
+    @property
+    def plan_summary(self) -> str:
+        """One line: memory per tier and the predicted speed."""
+        if self.plan is None:
+            return ""
+        from .units import fmt_bytes
+        tiers = ", ".join(f"{name} {fmt_bytes(t.used_bytes)}/{fmt_bytes(t.budget_bytes)}"
+                          for name, t in self.plan.tiers.items() if t.used_bytes or t.budget_bytes and name != "disk")
+        p = self.plan.predicted
+        sim = " (GPU simulated)" if self.devices.gpu is not None and self.devices.gpu.simulated else ""
+        return (f"plan {self.plan.policy}: {tiers}{sim}; predicted decode {p.decode_tokens_per_s:.1f} tok/s, "
+                f"prefill {p.prefill_tokens_per_s:.0f} tok/s")
+
+    def memory_report(self) -> dict:
+        """Measured resident and peak bytes per tier (what the executor charged)."""
+        out = {name: {"used_bytes": m.used, "peak_bytes": m.peak, "budget_bytes": m.budget}
+               for name, m in self.devices.tiers().items()}
+        disk = getattr(self.model, "disk", None)
+        if disk is not None:
+            out["disk"] = {"used_bytes": disk.used, "peak_bytes": disk.peak, "budget_bytes": None}
+        return out
 
     def generate(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, presence_penalty: float = 0.0,
@@ -136,6 +178,19 @@ class Engine:
         self.check_ids(ids, already=len(session.tokens))
         sampler = Sampler(params, session.tokens + ids, self.cfg.vocab_size)
         self.stats = stats = Stats(prompt_tokens=len(ids))
+        traffic0 = self.devices.traffic.snapshot()
+        busy0 = {name: d.busy_seconds for name, d in self._devs()}
+        try:
+            yield from self._loop(ids, max_new_tokens, stop, session, sampler, stats)
+        finally:
+            stats.extra.update(self.devices.traffic.since(traffic0).as_dict())
+            stats.extra["seconds_by_device"] = {name: round(d.busy_seconds - busy0[name], 4) for name, d in self._devs()}
+            stats.extra["peak_bytes"] = {k: v["peak_bytes"] for k, v in self.memory_report().items()}
+
+    def _devs(self):
+        return [(name, d) for name, d in (("gpu", self.devices.gpu), ("cpu", self.devices.cpu)) if d is not None]
+
+    def _loop(self, ids, max_new_tokens, stop, session, sampler, stats):
         t0 = time.perf_counter()
         logits = session.feed(ids)[-1]
         stats.prefill_seconds = time.perf_counter() - t0

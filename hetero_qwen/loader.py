@@ -1,29 +1,34 @@
-"""`hetero_qwen.load`: from a checkpoint directory to a ready Engine."""
+"""`hetero_qwen.load`: checkpoint directory + memory-budget profile -> plan -> placed model -> Engine.
+
+Profile resolution: an explicit profile (path, dict or Profile); else $HETERO_QWEN_PROFILE; else
+this machine is measured once per process (`hetero-qwen probe`) and planned with `auto`, said in
+one line. The planner decides where every group lives; the executor loads it straight there.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import Checkpoint
-from .config import is_preset, load_config
+from .config import ModelConfig, is_preset, load_config
 from .engine import Engine
-from .executor.devices import make_devices
-from .executor.placement import build_placed_model, cpu_only_placements
 from .errors import CheckpointError, ConfigError
+from .executor.devices import make_devices, working_set_hook
+from .executor.placement import build_placed_model
+from .profile import Profile, load_profile
 
-DEFAULT_CONTEXT = 32768
-
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
-          "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+_probed: Profile | None = None
 
 
-def checkpoint_dtype(cfg) -> torch.dtype:
+def checkpoint_dtype(cfg: ModelConfig) -> torch.dtype:
     """Compute dtype matching the checkpoint: fp32 stays fp32, everything else runs in bf16."""
-    return {"float32": torch.float32, "float16": torch.float16}.get(cfg.torch_dtype, torch.bfloat16)
+    return torch.float32 if cfg.torch_dtype == "float32" else torch.bfloat16
 
 
 def generation_eos_ids(path: Path) -> tuple[int, ...]:
@@ -40,6 +45,30 @@ def generation_eos_ids(path: Path) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list) else (int(eos),)
 
 
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_profile(profile, quiet: bool = False) -> Profile:
+    global _probed
+    if isinstance(profile, Profile):
+        return profile
+    if profile is not None:
+        return load_profile(profile)
+    env = os.environ.get("HETERO_QWEN_PROFILE")
+    if env:
+        return load_profile(env)
+    if _probed is None:
+        import yaml
+
+        from .probe import measure, profile_yaml
+        _probed = load_profile(yaml.safe_load(profile_yaml(measure())), name="probed profile")
+        _say("no --profile: measured this machine and planned with `auto` "
+             "(save a profile with `hetero-qwen probe --out my.yaml`)", quiet)
+    return _probed
+
+
 def _progress(desc: str, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return lambda it: it
@@ -48,8 +77,11 @@ def _progress(desc: str, quiet: bool):
 
 
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
-         context: int | None = None, quiet: bool = False) -> Engine:
-    """Load a Qwen3.5/3.6 checkpoint directory into an Engine (CPU execution)."""
+         context: int | None = None, quiet: bool = False, policy: str | None = None,
+         simulate_gpu: bool | None = None) -> Engine:
+    """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan."""
+    from placement_policies import make_plan
+
     if is_preset(path_or_preset):
         raise ConfigError(f"{path_or_preset} is a shape preset without weights; it works with "
                           f"`plan` and benches. Pass a checkpoint directory to run a model")
@@ -59,10 +91,22 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     ckpt.check_complete()
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+            raise ConfigError(f"unknown dtype {dtype!r}; use bf16 or fp32")
         dtype = DTYPES[dtype]
     dtype = dtype or checkpoint_dtype(cfg)
-    devices = make_devices(None, None)
-    model = build_placed_model(ckpt, cpu_only_placements(cfg), devices, dtype, progress=_progress("loading", quiet))
-    ctx = min(context or DEFAULT_CONTEXT, cfg.max_position_embeddings)
-    return Engine(cfg, model, path, ctx, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids)
+    prof = resolve_profile(profile, quiet)
+    if dtype == torch.float32:  # float weights are kept in the compute dtype
+        prof = prof.replace(gpu_dtype="fp32", cpu_dtype="fp32" if prof.cpu_dtype == "bf16" else prof.cpu_dtype)
+    prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
+    plan = make_plan(cfg, prof, policy=policy, model=str(path))
+    devices = make_devices(max(prof.vram - prof.gpu_reserve, 0) if prof.has_gpu else None,
+                           max(prof.ram - prof.cpu_reserve, 0), simulate_gpu)
+    if devices.gpu is not None and devices.gpu.simulated:
+        _say("no CUDA device: the GPU tier is simulated in host memory (budgets and traffic are checked)", quiet)
+    torch.set_num_threads(prof.threads)
+    model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype,
+                               progress=_progress("loading", quiet))
+    if devices.gpu is not None:
+        model.op_hook = working_set_hook(devices)
+    return Engine(cfg, model, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
+                  plan=plan, devices=devices, prefill_chunk=prof.prefill_chunk)

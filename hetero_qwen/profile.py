@@ -29,8 +29,8 @@ import yaml
 from .errors import ProfileError
 from .units import parse_duration, parse_flops, parse_rate, parse_size
 
-GPU_DTYPES = ("bf16", "int8", "int4", "fp8")
-CPU_DTYPES = ("bf16", "int8", "int4")
+GPU_DTYPES = ("bf16", "fp32")  # what the executor runs on the GPU (fp32: exactness checks)
+CPU_DTYPES = ("bf16", "int8", "int4", "fp32")
 HOMES = ("gpu", "cpu", "disk")
 STREAM_MODES = ("auto", "on", "off")
 

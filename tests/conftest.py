@@ -7,6 +7,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# loads without an explicit profile use this CPU-only one instead of measuring the machine
+os.environ.setdefault("HETERO_QWEN_PROFILE", str(Path(__file__).parent / "data" / "cpu-test.yaml"))
 
 from hf_models import make_hf_model, save_hf_model  # noqa: E402
 

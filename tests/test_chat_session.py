@@ -203,7 +203,8 @@ def test_control_characters_cannot_reach_the_terminal(engine):
 def test_the_setup_summary_prints_a_plan_when_the_engine_has_one(engine):
     from hetero_qwen.commands.chat import summary_lines
     assert summary_lines(engine, "tiny", random_weights=False) == [
-        f"hetero-qwen chat · tiny · float32 · context {engine.context} tokens"]
+        f"hetero-qwen chat · tiny · float32 · context {engine.context} tokens", engine.plan_summary]
+    assert engine.plan_summary.startswith("plan auto: cpu ")
 
     class Planned:
         model, context = engine.model, engine.context

@@ -30,7 +30,7 @@ def profiles(draw, spill=None, roomy=False):
         cpu__ram=draw(st.integers(60_000, 1_500_000)) if not roomy else 20_000_000,
         cpu__pinned=draw(st.sampled_from([20_000, 1_000_000])),
         context=draw(st.integers(1, 2048)),
-        weights={"gpu_dtype": draw(st.sampled_from(["bf16", "int8", "int4"])),
+        weights={"gpu_dtype": draw(st.sampled_from(["bf16", "fp32"])),
                  "cpu_dtype": draw(st.sampled_from(["bf16", "int8", "int4"]))},
         bandwidth={"gpu": f"{draw(st.integers(100, 2000))}GB/s", "cpu": f"{draw(st.integers(10, 120))}GB/s",
                    "pcie": f"{draw(st.integers(4, 64))}GB/s", "disk": f"{draw(st.integers(1, 8))}GB/s"},

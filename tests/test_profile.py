@@ -66,7 +66,7 @@ def test_defaults_and_empty(tmp_path):
     ("gpu: {vram: 24GiB}\ncpu: {rma: 64GiB}\n", "p.yaml:2: cpu.rma: unknown key; did you mean 'ram'?"),
     ("contxt: 4096\n", "p.yaml:1: contxt: unknown key; did you mean 'context'?"),
     ("context: -3\n", "p.yaml:1: context: -3 is not a positive integer"),
-    ("weights: {cpu_dtype: int3}\n", "p.yaml:1: weights.cpu_dtype: 'int3' is not allowed (use bf16 | int8 | int4)"),
+    ("weights: {cpu_dtype: int3}\n", "p.yaml:1: weights.cpu_dtype: 'int3' is not allowed (use bf16 | int8 | int4 | fp32)"),
     ("bandwidth:\n  cpu: 70\n", "p.yaml:2: bandwidth.cpu: 70 is not a bandwidth (use a bandwidth, e.g. 70GB/s)"),
     ("overrides:\n  - {match: '(', home: gpu}\n", "p.yaml:2: overrides[0].match: '(' is not a valid regex"),
     ("overrides:\n  - {match: x, home: vram}\n", "p.yaml:2: overrides[0].home: 'vram' is not allowed"),

@@ -23,7 +23,7 @@ def infeasible_message(ctx: PlanContext, policy: str, plans: list[Plan]) -> str:
         return (f"{policy}: does not fit in gpu.vram: needs {fmt_bytes(gpu.used_bytes)} of "
                 f"{fmt_bytes(gpu.budget_bytes)} ({fmt_bytes(gpu.short_bytes)} missing; overrides pin "
                 f"{fmt_bytes(forced)} on the GPU); fix: fewer 'home: gpu' overrides, "
-                f"weights.gpu_dtype: int8, or gpu.vram >= {fmt_size_yaml(_round_up(gpu.used_bytes))}")
+                f"a smaller context, or gpu.vram >= {fmt_size_yaml(_round_up(gpu.used_bytes))}")
     short = cpu.short_bytes
     lines = cpu.lines
     what = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in lines.items() if v)
@@ -51,7 +51,7 @@ def infeasible_message(ctx: PlanContext, policy: str, plans: list[Plan]) -> str:
 
 
 def _smaller(fmt: str, than: str) -> bool:
-    order = ("int4", "int8", "bf16")
+    order = ("int4", "int8", "bf16", "fp32")
     return order.index(fmt) < order.index(than)
 
 

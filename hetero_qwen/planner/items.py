@@ -48,12 +48,13 @@ def checkpoint_format(cfg: ModelConfig) -> str:
         return cfg.hetero_format
     if cfg.quantization and cfg.quantization.get("quant_method") == "fp8":
         return "fp8"
-    return "bf16"
+    return "fp32" if cfg.torch_dtype == "float32" else "bf16"
 
 
 def build_items(cfg: ModelConfig, gpu_dtype: str, cpu_dtype: str) -> list[Item]:
     disk_fmt = checkpoint_format(cfg)
-    kv_layer = cfg.num_key_value_heads * cfg.head_dim * 2 * 2  # K and V, bf16
+    act = 4 if "fp32" in (gpu_dtype, cpu_dtype) else 2  # KV in the compute dtype: fp32 or bf16
+    kv_layer = cfg.num_key_value_heads * cfg.head_dim * 2 * act  # K and V
     n_linear = max(len(cfg.linear_attention_layers), 1)
     state_layer = cfg.deltanet_state_bytes() // n_linear
     items = []
