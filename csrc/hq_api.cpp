@@ -195,14 +195,17 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
             for (int64_t q = 0; q < ng; q++) {
                 const float* xg = x + b * in + q * HQ_G;
                 const int64_t n = in - q * HQ_G < HQ_G ? in - q * HQ_G : HQ_G;
-                float amax = 0.f, sum = 0.f;
-                for (int64_t j = 0; j < n; j++) { amax = std::fmax(amax, std::fabs(xg[j])); sum += xg[j]; }
+                float amax = 0.f;
+                for (int64_t j = 0; j < n; j++) amax = std::fmax(amax, std::fabs(xg[j]));
                 const float scale = amax / 127.f;
                 int8_t* dst = p.xq.data() + (b * ng + q) * HQ_G;
-                for (int64_t j = 0; j < HQ_G; j++)
+                int32_t isum = 0;
+                for (int64_t j = 0; j < HQ_G; j++) {
                     dst[j] = (j < n && scale > 0.f) ? (int8_t)std::nearbyint(xg[j] / scale) : 0;
+                    isum += dst[j];
+                }
                 p.xs[b * ng + q] = scale;
-                p.xsum[b * ng + q] = sum;
+                p.xsum[b * ng + q] = (float)isum * scale;  // sum of the dequantized activations
             }
         g.xq = p.xq.data(); g.xs = p.xs.data(); g.xsum = p.xsum.data();
     }

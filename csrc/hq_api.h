@@ -18,7 +18,7 @@ struct Gemv {
     const float* xo;    // bf16: [B, in/2] odd inputs
     const int8_t* xq;   // int4: [B, groups*G] int8 activations
     const float* xs;    // int4: [B, groups] activation scales
-    const float* xsum;  // int4: [B, groups] exact fp32 group sums
+    const float* xsum;  // int4: [B, groups] xs * sum(xq): group sums of dequantized x
     int64_t groups;
 };
 

@@ -105,7 +105,8 @@ def quantize_activations_int4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """x [B, in] fp32 -> (xq int8 [B, groups*G], xs fp32 [B, groups], xsum fp32 [B, groups]).
 
     Exactly what the C++ / Numba int4 kernels do: per group of G inputs, xs = max|x| / 127,
-    xq = round_half_even(x / xs) (0 when xs == 0); xsum is the exact fp32 sum of the group.
+    xq = round_half_even(x / xs) (0 when xs == 0); xsum = xs * sum(xq), the group sum of the
+    dequantized activations, so the kernels compute exactly dot(w_deq, x_deq) per full group.
     Padding of the last group is 0.
     """
     x = x.float()
@@ -115,7 +116,8 @@ def quantize_activations_int4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     xs = xp.abs().amax(dim=2) / 127.0
     safe = torch.where(xs > 0, xs, 1.0)
     xq = torch.where(xs[..., None] > 0, torch.round(xp / safe[..., None]), 0.0).to(torch.int8)
-    return xq.reshape(B, ng * G).contiguous(), xs.contiguous(), xp.sum(dim=2).contiguous()
+    xsum = xq.to(torch.int32).sum(dim=2).float() * xs
+    return xq.reshape(B, ng * G).contiguous(), xs.contiguous(), xsum.contiguous()
 
 
 # ------------------------------------------------------------------------ packed weights
