@@ -86,7 +86,7 @@ public:
         cv_.notify_all();
         fn(ctx, 0);
         for (long spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
-            if (spins < 20000) HQ_PAUSE(); else std::this_thread::yield();
+            if (spins < 2000) HQ_PAUSE(); else std::this_thread::yield();
         }
     }
 
@@ -97,7 +97,7 @@ private:
             long spins = 0;
             while ((g = gen_.load(std::memory_order_acquire)) == seen) {
                 if (stop_.load(std::memory_order_acquire)) return;
-                if (++spins < 20000) { HQ_PAUSE(); continue; }
+                if (++spins < 2000) { HQ_PAUSE(); continue; }
                 std::unique_lock<std::mutex> lk(mu_);
                 cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen || stop_.load(); });
                 spins = 0;
