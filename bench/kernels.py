@@ -1,0 +1,187 @@
+"""CPU kernel benchmark at the 27B shapes, against this machine's read bandwidth and torch.
+
+    PYTHONPATH=. python bench/kernels.py [--threads N] [--json] [--reps R] [--int4-groups]
+
+Measures in one run, at one thread count: read bandwidth (torch sum over a 1 GiB fp32 buffer),
+the FFN decode (5120 -> 17408 -> 5120, gate+up fused with SiLU, then down) in bf16/int8/int4 at
+batch 1 and 4, and the fused DeltaNet decode step (48 value heads x 128x128 fp32 state). Prints
+GB/s of weight bytes (state bytes read + written for DeltaNet), the fraction of the measured
+bandwidth, and the ratio to torch's best path for the same format (F.linear bf16 / oneDNN;
+_weight_int8pack_mm; _weight_int4pack_mm_for_cpu; the torch reference DeltaNet step).
+Medians of --reps runs. Writes bench/results/kernels-<host>.json (machine description included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from hetero_qwen.formats import INT4_GROUP  # noqa: E402
+from hetero_qwen.kernels import cpp, dispatch, reference  # noqa: E402
+from hetero_qwen.kernels import numba_kernels as nk  # noqa: E402
+from hetero_qwen.kernels.quant import PackedWeight, unpack_int4  # noqa: E402
+
+H, I = 5120, 17408
+HK, HV, DK, DV, KCONV = 16, 48, 128, 128, 4
+
+
+def timeit(fn, reps):
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def read_bandwidth(reps):
+    buf = torch.ones(256 * 1024 * 1024)  # 1 GiB fp32
+    t = timeit(lambda: buf.sum(), reps)
+    return buf.numel() * 4 / t / 1e9
+
+
+def torch_int4_path(w: PackedWeight):
+    """torch's own int4 CPU GEMV on the same quantized values (its packing; group 64)."""
+    q = unpack_int4(w.data, w.in_features).to(torch.int32).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    m = w.meta.float()  # torch uses w = (q - 8) * scale + zero: zero = offset + 8 * scale
+    sz = torch.stack([m[..., 0], m[..., 1] + 8 * m[..., 0]], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP, sz)
+
+
+def torch_linear_fn(w: PackedWeight):
+    if w.fmt == "bf16":
+        return lambda x: F.linear(x.to(torch.bfloat16), w.data)
+    if w.fmt == "int8":  # bf16 activations: torch's faster int8 path (fp32 x is a scalar loop)
+        sb = w.meta.to(torch.bfloat16)
+        return lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), w.data, sb)
+    f = torch_int4_path(w)
+    return lambda x: f(x.to(torch.bfloat16))
+
+
+def bench_ffn(fmt, threads, reps, bw, batches, with_numba):
+    g = torch.Generator().manual_seed(0)
+    gate = PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)
+    up = PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)
+    down = PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)
+    nbytes = gate.nbytes + up.nbytes + down.nbytes
+    tg, tu, td = torch_linear_fn(gate), torch_linear_fn(up), torch_linear_fn(down)
+
+    def torch_ffn(x):
+        h = F.silu(tg(x).float()) * tu(x).float()
+        return td(h)
+
+    rows = []
+    for B in batches:
+        x = torch.randn(B, H, generator=g)
+        t_torch = timeit(lambda: torch_ffn(x), max(3, reps // 2))
+        backends = (["cpp"] if cpp.available() else []) + (["numba"] if with_numba and B == 1 else [])
+        for be in backends:
+            if be == "cpp":
+                out, hid = torch.empty(B, H), torch.empty(B, I)
+                t = timeit(lambda: cpp.ffn(x, gate, up, down, out, hid), reps)
+            else:
+                t = timeit(lambda: nk.ffn(x, gate, up, down), max(2, reps // 3))
+            gbps = nbytes / t / 1e9
+            rows.append(dict(kernel="ffn", format=fmt, batch=B, backend=be, threads=threads,
+                             ms=round(t * 1e3, 2), gbps=round(gbps, 2), bw_fraction=round(gbps / bw, 3),
+                             vs_torch=round(t_torch / t, 2), torch_ms=round(t_torch * 1e3, 2)))
+    return rows
+
+
+def bench_deltanet(threads, reps, bw, with_numba):
+    g = torch.Generator().manual_seed(1)
+    cd = 2 * HK * DK + HV * DV
+    kw = dict(mixed_qkv=torch.randn(1, cd, generator=g), a=torch.randn(1, HV, generator=g),
+              b=torch.randn(1, HV, generator=g), conv_weight=torch.randn(cd, KCONV, generator=g),
+              conv_state=torch.randn(1, cd, KCONV - 1, generator=g), A_log=torch.randn(HV, generator=g),
+              dt_bias=torch.randn(HV, generator=g), state=torch.randn(1, HV, DK, DV, generator=g) * 0.01)
+    nbytes = 2 * HV * DK * DV * 4 + 2 * cd * (KCONV - 1) * 4  # state + conv state, read + written
+    t_ref = timeit(lambda: reference.deltanet_decode_step(**kw), reps)
+    rows = []
+    for be in (["cpp"] if cpp.available() else []) + (["numba"] if with_numba else []):
+        f = cpp.deltanet_decode_step if be == "cpp" else nk.deltanet_decode_step
+        t = timeit(lambda: f(**kw), reps * 4)
+        gbps = nbytes / t / 1e9
+        rows.append(dict(kernel="deltanet_step", format="fp32", batch=1, backend=be, threads=threads,
+                         ms=round(t * 1e3, 3), gbps=round(gbps, 2), bw_fraction=round(gbps / bw, 3),
+                         vs_torch=round(t_ref / t, 2), torch_ms=round(t_ref * 1e3, 3)))
+    return rows
+
+
+def int4_group_table():
+    """RMS relative error and bits/weight of int4 choices on Gaussian and heavy-tailed rows."""
+    g = torch.Generator().manual_seed(0)
+    ws = {"gauss": torch.randn(512, 5120, generator=g),
+          "student-t3": torch.distributions.StudentT(3.0).sample((512, 5120))}
+    out = []
+    for G in (32, 64, 128):
+        for meta in ("fp16", "fp32"):
+            for name, w in ws.items():
+                v = w.view(512, -1, G)
+                mn, mx = v.amin(-1, keepdim=True), v.amax(-1, keepdim=True)
+                s, m = (mx - mn) / 15, mn
+                if meta == "fp16":
+                    s, m = s.half().float(), m.half().float()
+                q = torch.round((v - m) / s).clamp(0, 15)
+                err = ((q * s + m - v).norm() / v.norm()).item()
+                bits = 4 + (2 * (16 if meta == "fp16" else 32)) / G
+                out.append(dict(group=G, meta=meta, weights=name, bits_per_weight=bits, rel_rms_error=round(err, 4)))
+    return out
+
+
+def machine():
+    feats = dispatch.cpu_features()
+    return dict(host=socket.gethostname(), cpu=feats["cpu"], cores=feats["cores"], isa=feats["isa"],
+                cpp_isa=cpp.isa() if cpp.available() else None, torch=torch.__version__)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--json", action="store_true", help="print one JSON object per kernel")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--no-numba", action="store_true")
+    ap.add_argument("--int4-groups", action="store_true", help="print the int4 group-size table and exit")
+    a = ap.parse_args(argv)
+    if a.int4_groups:
+        for r in int4_group_table():
+            print(json.dumps(r))
+        return 0
+    dispatch.set_threads(a.threads)
+    bw = read_bandwidth(a.reps)
+    rows = []
+    for fmt in ("int8", "int4", "bf16"):
+        rows += bench_ffn(fmt, a.threads, a.reps, bw, (1, 4), not a.no_numba)
+    rows += bench_deltanet(a.threads, a.reps, bw, not a.no_numba)
+    for r in rows:
+        r["read_bw_gbps"] = round(bw, 2)
+    if a.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s   [{machine()['cpp_isa']}]")
+        print(f"{'kernel':14} {'fmt':5} {'B':>2} {'backend':7} {'ms':>8} {'GB/s':>7} {'of bw':>6} {'vs torch':>8}")
+        for r in rows:
+            print(f"{r['kernel']:14} {r['format']:5} {r['batch']:>2} {r['backend']:7} {r['ms']:>8} "
+                  f"{r['gbps']:>7} {r['bw_fraction']:>6.0%} {r['vs_torch']:>7}x")
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    path = os.path.join(os.path.dirname(__file__), "results", f"kernels-{socket.gethostname()}.json")
+    with open(path, "w") as f:
+        json.dump(dict(machine=machine(), threads=a.threads, read_bw_gbps=round(bw, 2), results=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+// C ABI of the hetero-qwen CPU kernels (loaded with ctypes by hetero_qwen/kernels/cpp.py):
+// runtime ISA choice, a persistent thread pool, activation preparation, and the entry points.
+// All pointers are raw, contiguous, and validated by the Python side; outputs are preallocated.
+#include "hq_api.h"
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HQ_PAUSE() _mm_pause()
+#else
+#define HQ_PAUSE() std::this_thread::yield()
+#endif
+
+namespace {
+
+// ------------------------------------------------------------------------------ ISA choice
+const HqIsa* g_isa = nullptr;
+
+int isa_supported(int isa) {
+    if (isa == 0) return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+#ifdef HQ_HAVE_AVX2
+    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
+#ifdef HQ_HAVE_AVX512
+    if (isa == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
+#endif
+    return 0;
+}
+
+const HqIsa* isa_table(int isa) {
+#ifdef HQ_HAVE_AVX512
+    if (isa == 2) return &hq_isa_avx512;
+#endif
+#ifdef HQ_HAVE_AVX2
+    if (isa == 1) return &hq_isa_avx2;
+#endif
+    return &hq_isa_scalar;
+}
+
+const HqIsa* isa() {
+    if (!g_isa) {
+        int best = isa_supported(2) ? 2 : isa_supported(1) ? 1 : 0;
+        g_isa = isa_table(best);
+    }
+    return g_isa;
+}
+
+// ----------------------------------------------------------------------------- thread pool
+// n-1 workers plus the calling thread. Workers spin briefly on a generation counter (a decode
+// step issues dispatches back to back), then sleep on a condition variable.
+typedef void (*TaskFn)(void* ctx, int tid);
+
+class Pool {
+public:
+    ~Pool() { /* workers are detached at exit; never joined from a static destructor */ }
+    int size() const { return n_; }
+    void resize(int n) {
+        if (n < 1) n = 1;
+        if (n == n_) return;
+        stop_workers();
+        n_ = n;
+        stop_ = false;
+        const uint64_t g0 = gen_.load(std::memory_order_acquire);  // workers wait for the next one
+        for (int i = 1; i < n_; i++) threads_.emplace_back([this, i, g0] { worker(i, g0); });
+    }
+    void run(TaskFn fn, void* ctx) {
+        if (n_ == 1) { fn(ctx, 0); return; }
+        fn_ = fn; ctx_ = ctx;
+        pending_.store(n_ - 1, std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            gen_.fetch_add(1, std::memory_order_release);
+        }
+        cv_.notify_all();
+        fn(ctx, 0);
+        for (long spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
+            if (spins < 2000) HQ_PAUSE(); else std::this_thread::yield();
+        }
+    }
+
+private:
+    void worker(int id, uint64_t seen) {
+        for (;;) {
+            uint64_t g;
+            long spins = 0;
+            while ((g = gen_.load(std::memory_order_acquire)) == seen) {
+                if (stop_.load(std::memory_order_acquire)) return;
+                if (++spins < 2000) { HQ_PAUSE(); continue; }
+                std::unique_lock<std::mutex> lk(mu_);
+                cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen || stop_.load(); });
+                spins = 0;
+            }
+            if (stop_.load(std::memory_order_acquire)) return;
+            seen = g;
+            fn_(ctx_, id);
+            pending_.fetch_sub(1, std::memory_order_release);
+        }
+    }
+    void stop_workers() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            stop_.store(true);
+        }
+        cv_.notify_all();
+        for (auto& t : threads_) t.join();
+        threads_.clear();
+    }
+    int n_ = 1;
+    std::vector<std::thread> threads_;
+    std::atomic<uint64_t> gen_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<bool> stop_{false};
+    std::mutex mu_;
+    std::condition_variable cv_;
+    TaskFn fn_ = nullptr;
+    void* ctx_ = nullptr;
+};
+
+Pool& pool() {
+    static Pool* p = new Pool();  // leaked on purpose: no thread joins during interpreter exit
+    return *p;
+}
+
+std::mutex g_call_mu;  // one kernel call at a time (ctypes releases the GIL)
+
+// --------------------------------------------------------------------- rows over the pool
+struct RowsTask {
+    Gemv g;
+    int64_t rows, chunk;
+    float* y;
+    int64_t ldy;
+    std::atomic<int64_t> next{0};
+};
+
+void rows_task(void* ctx, int) {
+    RowsTask* t = (RowsTask*)ctx;
+    const HqIsa* is = isa();
+    for (;;) {
+        int64_t r0 = t->next.fetch_add(t->chunk, std::memory_order_relaxed);
+        if (r0 >= t->rows) break;
+        int64_t r1 = r0 + t->chunk < t->rows ? r0 + t->chunk : t->rows;
+        is->rows(t->g, r0, r1, t->y, t->ldy);
+    }
+}
+
+int64_t chunk_for(int64_t rows) {
+    // ~16 chunks per thread balances a busy core; multiple of 4 rows (the B=1 row block)
+    int64_t c = rows / (16 * pool().size());
+    c = (c + 3) / 4 * 4;
+    return c < 4 ? 4 : c;
+}
+
+void run_rows(const Gemv& g, int64_t rows, float* y, int64_t ldy) {
+    RowsTask t;
+    t.g = g; t.rows = rows; t.chunk = chunk_for(rows); t.y = y; t.ldy = ldy;
+    pool().run(rows_task, &t);
+}
+
+// ------------------------------------------------------------- activation preparation
+struct Prep {
+    std::vector<float> xe, xo, xs, xsum;
+    std::vector<int8_t> xq;
+};
+Prep g_prep[2];  // [0]: linear / ffn input, [1]: ffn hidden (down projection input)
+
+void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
+    g.fmt = fmt; g.in = in; g.B = B; g.x = x;
+    g.xe = g.xo = g.xs = g.xsum = nullptr; g.xq = nullptr;
+    g.groups = (in + HQ_G - 1) / HQ_G;
+    if (fmt == HQ_BF16) {
+        const int64_t half = in / 2;
+        p.xe.resize((size_t)B * half + 1); p.xo.resize((size_t)B * half + 1);
+        for (int b = 0; b < B; b++)
+            for (int64_t i = 0; i < half; i++) {
+                p.xe[b * half + i] = x[b * in + 2 * i];
+                p.xo[b * half + i] = x[b * in + 2 * i + 1];
+            }
+        g.xe = p.xe.data(); g.xo = p.xo.data();
+    } else if (fmt == HQ_INT4) {
+        const int64_t ng = g.groups;
+        p.xq.resize((size_t)B * ng * HQ_G); p.xs.resize((size_t)B * ng); p.xsum.resize((size_t)B * ng);
+        for (int b = 0; b < B; b++)
+            for (int64_t q = 0; q < ng; q++) {
+                const float* xg = x + b * in + q * HQ_G;
+                const int64_t n = in - q * HQ_G < HQ_G ? in - q * HQ_G : HQ_G;
+                float amax = 0.f;
+                for (int64_t j = 0; j < n; j++) amax = std::fmax(amax, std::fabs(xg[j]));
+                const float scale = amax / 127.f;
+                int8_t* dst = p.xq.data() + (b * ng + q) * HQ_G;
+                int32_t isum = 0;
+                for (int64_t j = 0; j < HQ_G; j++) {
+                    dst[j] = (j < n && scale > 0.f) ? (int8_t)std::nearbyint(xg[j] / scale) : 0;
+                    isum += dst[j];
+                }
+                p.xs[b * ng + q] = scale;
+                p.xsum[b * ng + q] = (float)isum * scale;  // sum of the dequantized activations
+            }
+        g.xq = p.xq.data(); g.xs = p.xs.data(); g.xsum = p.xsum.data();
+    }
+}
+
+// ------------------------------------------------------------------------------ FFN task
+struct FfnTask {
+    Gemv gate, up;
+    int64_t I, chunk;
+    float* h;  // [B, I]
+    std::atomic<int64_t> next{0};
+};
+
+inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+
+void ffn_gate_up_task(void* ctx, int) {
+    FfnTask* t = (FfnTask*)ctx;
+    const HqIsa* is = isa();
+    const int B = t->gate.B;
+    float tmp[2][8 * 64];  // chunk <= 64 rows, B <= 8 per sub-call
+    for (;;) {
+        int64_t r0 = t->next.fetch_add(t->chunk, std::memory_order_relaxed);
+        if (r0 >= t->I) break;
+        int64_t r1 = r0 + t->chunk < t->I ? r0 + t->chunk : t->I;
+        const int64_t n = r1 - r0;
+        // rows [r0,r1) of gate then up into small [B, n] tiles (ldy = n, shifted by r0)
+        for (int b0 = 0; b0 < B; b0 += 8) {
+            int nb = B - b0 < 8 ? B - b0 : 8;
+            Gemv g = t->gate, u = t->up;
+            g.B = u.B = nb;
+            g.x = u.x = t->gate.x + b0 * g.in;
+            if (g.xe) { g.xe = u.xe = t->gate.xe + b0 * (g.in / 2); g.xo = u.xo = t->gate.xo + b0 * (g.in / 2); }
+            if (g.xq) {
+                g.xq = u.xq = t->gate.xq + b0 * g.groups * HQ_G;
+                g.xs = u.xs = t->gate.xs + b0 * g.groups;
+                g.xsum = u.xsum = t->gate.xsum + b0 * g.groups;
+            }
+            is->rows(g, r0, r1, tmp[0] - r0, n);
+            is->rows(u, r0, r1, tmp[1] - r0, n);
+            for (int b = 0; b < nb; b++)
+                for (int64_t i = 0; i < n; i++)
+                    t->h[(b0 + b) * t->I + r0 + i] = silu(tmp[0][b * n + i]) * tmp[1][b * n + i];
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- DeltaNet task
+struct DnTask {
+    int B, K, S_len, Hk, Hv;
+    int64_t conv_dim, Dk, Dv;
+    const float *mixed, *a, *b, *conv_w, *A_log, *dt_bias;
+    float *conv_state, *state, *out, *qkv;
+    std::atomic<int64_t> next{0};
+};
+
+void dn_conv_task(void* ctx, int) {
+    DnTask* t = (DnTask*)ctx;
+    const int64_t total = (int64_t)t->B * t->conv_dim, chunk = 1024;
+    const int K = t->K, L = t->S_len;
+    for (;;) {
+        int64_t c0 = t->next.fetch_add(chunk, std::memory_order_relaxed);
+        if (c0 >= total) break;
+        int64_t c1 = c0 + chunk < total ? c0 + chunk : total;
+        for (int64_t bc = c0; bc < c1; bc++) {
+            const int64_t c = bc % t->conv_dim;
+            float* st = t->conv_state + bc * L;
+            const float* wc = t->conv_w + c * K;
+            const float xin = t->mixed[bc];
+            // window = last K of [state..., x]
+            float acc = 0.f;
+            for (int j = 0; j < K - 1; j++) acc += wc[j] * st[L - (K - 1) + j];
+            acc += wc[K - 1] * xin;
+            t->qkv[bc] = silu(acc);
+            for (int j = 0; j + 1 < L; j++) st[j] = st[j + 1];
+            if (L > 0) st[L - 1] = xin;
+        }
+    }
+}
+
+void dn_head_task(void* ctx, int) {
+    DnTask* t = (DnTask*)ctx;
+    const HqIsa* is = isa();
+    const int64_t Dk = t->Dk, Dv = t->Dv, key_dim = t->Hk * Dk, total = (int64_t)t->B * t->Hv;
+    const int rep = t->Hv / t->Hk;
+    std::vector<float> qn(Dk), kn(Dk);
+    const float inv_sqrt_dk = 1.f / std::sqrt((float)Dk);
+    for (;;) {
+        int64_t bh = t->next.fetch_add(1, std::memory_order_relaxed);
+        if (bh >= total) break;
+        const int64_t b = bh / t->Hv, h = bh % t->Hv, kh = h / rep;
+        const float* row = t->qkv + b * t->conv_dim;
+        const float *q = row + kh * Dk, *k = row + key_dim + kh * Dk, *v = row + 2 * key_dim + h * Dv;
+        float sq = 0.f, sk = 0.f;
+        for (int64_t i = 0; i < Dk; i++) { sq += q[i] * q[i]; sk += k[i] * k[i]; }
+        const float rq = 1.f / std::sqrt(sq + 1e-6f), rk = 1.f / std::sqrt(sk + 1e-6f);
+        float kq = 0.f;
+        for (int64_t i = 0; i < Dk; i++) {
+            qn[i] = q[i] * rq * inv_sqrt_dk;
+            kn[i] = k[i] * rk;
+            kq += kn[i] * qn[i];
+        }
+        const float beta = 1.f / (1.f + std::exp(-t->b[bh]));
+        const float z = t->a[bh] + t->dt_bias[h];
+        const float sp = z > 20.f ? z : std::log1p(std::exp(z));
+        const float eg = std::exp(-std::exp(t->A_log[h]) * sp);
+        is->deltanet_head(t->state + bh * Dk * Dv, kn.data(), qn.data(), v, eg, beta, kq, Dk, Dv,
+                          t->out + bh * Dv);
+    }
+}
+
+std::vector<float> g_qkv;
+
+}  // namespace
+
+extern "C" {
+
+int hq_abi_version() { return 1; }
+int hq_group_size() { return HQ_G; }
+const char* hq_isa_name() { return isa()->name; }
+int hq_isa_supported(int which) { return isa_supported(which); }
+
+// which: 0 scalar, 1 avx2, 2 avx512 (+VNNI), -1 best. Returns 0, or -1 when unsupported here.
+int hq_force_isa(int which) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    if (which < 0) { g_isa = nullptr; isa(); return 0; }
+    if (!isa_supported(which)) return -1;
+    g_isa = isa_table(which);
+    return 0;
+}
+
+int hq_set_threads(int n) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    pool().resize(n);
+    return pool().size();
+}
+int hq_get_threads() { return pool().size(); }
+
+// y[B, out] = x[B, in] @ W^T (W in format fmt). Returns 0.
+int hq_linear(int fmt, const void* w, const void* meta, int64_t out, int64_t in, const float* x,
+              int B, float* y) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    Gemv g;
+    prepare(g, fmt, x, B, in, g_prep[0]);
+    g.w = w; g.meta = meta;
+    run_rows(g, out, y, out);
+    return 0;
+}
+
+// y[B, H] = down(silu(gate x) * up x); h[B, I] is caller-provided scratch (holds the hidden).
+int hq_ffn(int fmt, const void* gw, const void* gm, const void* uw, const void* um, const void* dw,
+           const void* dm, int64_t H, int64_t I, const float* x, int B, float* h, float* y) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    FfnTask t;
+    prepare(t.gate, fmt, x, B, H, g_prep[0]);
+    t.up = t.gate;
+    t.gate.w = gw; t.gate.meta = gm; t.up.w = uw; t.up.meta = um;
+    t.I = I; t.h = h;
+    int64_t c = chunk_for(I);
+    t.chunk = c > 64 ? 64 : c;
+    pool().run(ffn_gate_up_task, &t);
+    Gemv d;
+    prepare(d, fmt, h, B, I, g_prep[1]);
+    d.w = dw; d.meta = dm;
+    run_rows(d, H, y, H);
+    return 0;
+}
+
+// One DeltaNet decode token, in place on conv_state [B, conv_dim, S_len] and state
+// [B, Hv, Dk, Dv]; out [B, Hv, Dv]. All fp32.
+int hq_deltanet_step(int B, int64_t conv_dim, int K, int S_len, const float* mixed, const float* a,
+                     const float* b, const float* conv_w, float* conv_state, const float* A_log,
+                     const float* dt_bias, int Hk, int Hv, int64_t Dk, int64_t Dv, float* state,
+                     float* out) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    if (S_len < K - 1 || Hv % Hk != 0 || conv_dim != 2 * Hk * Dk + Hv * Dv) return -1;
+    g_qkv.resize((size_t)B * conv_dim);
+    DnTask t;
+    t.B = B; t.K = K; t.S_len = S_len; t.Hk = Hk; t.Hv = Hv;
+    t.conv_dim = conv_dim; t.Dk = Dk; t.Dv = Dv;
+    t.mixed = mixed; t.a = a; t.b = b; t.conv_w = conv_w; t.A_log = A_log; t.dt_bias = dt_bias;
+    t.conv_state = conv_state; t.state = state; t.out = out; t.qkv = g_qkv.data();
+    pool().run(dn_conv_task, &t);
+    t.next.store(0);
+    pool().run(dn_head_task, &t);
+    return 0;
+}
+
+}  // extern "C"

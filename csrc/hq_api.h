@@ -1,0 +1,38 @@
+// Shared declarations between the ISA-specific kernel TUs and the C ABI in hq_api.cpp.
+#pragma once
+#include <cstdint>
+
+#define HQ_G 64  // must equal hetero_qwen.formats.INT4_GROUP
+
+enum { HQ_BF16 = 0, HQ_INT8 = 1, HQ_INT4 = 2 };
+
+// One GEMV/small-GEMM problem with its activations already prepared for the format.
+struct Gemv {
+    int fmt;
+    const void* w;      // bf16 [out,in] | int8 [out,in] | int4 packed [out, groups*G/2]
+    const void* meta;   // -              | fp32 [out]    | fp16 [out, groups, 2]
+    int64_t in;
+    int B;
+    const float* x;     // [B, in] fp32 (all formats; int8 body, tails)
+    const float* xe;    // bf16: [B, in/2] even inputs
+    const float* xo;    // bf16: [B, in/2] odd inputs
+    const int8_t* xq;   // int4: [B, groups*G] int8 activations
+    const float* xs;    // int4: [B, groups] activation scales
+    const float* xsum;  // int4: [B, groups] xs * sum(xq): group sums of dequantized x
+    int64_t groups;
+};
+
+struct HqIsa {
+    const char* name;
+    void (*rows)(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy);
+    void (*deltanet_head)(float* S, const float* k, const float* q, const float* v, float eg,
+                          float beta, float kq, int64_t Dk, int64_t Dv, float* o);
+};
+
+extern const HqIsa hq_isa_scalar;
+#ifdef HQ_HAVE_AVX2
+extern const HqIsa hq_isa_avx2;
+#endif
+#ifdef HQ_HAVE_AVX512
+extern const HqIsa hq_isa_avx512;
+#endif

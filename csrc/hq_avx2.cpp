@@ -1,0 +1,5 @@
+// avx2 copy of the kernels (compiled with its own ISA flags by setup.py).
+#define HQ_AVX2 1
+#include "hq_impl.h"
+
+extern const HqIsa hq_isa_avx2 = {"avx2", rows_any, deltanet_head};

@@ -1,0 +1,5 @@
+// avx512 copy of the kernels (compiled with its own ISA flags by setup.py).
+#define HQ_AVX512 1
+#include "hq_impl.h"
+
+extern const HqIsa hq_isa_avx512 = {"avx512", rows_any, deltanet_head};

@@ -1,0 +1,198 @@
+"""Thin ctypes loader for the C++ kernels in csrc/ (built into `_hq_kernels*.so` by setup.py).
+
+Every wrapper checks dtype, shape and contiguity, then writes into a preallocated output.
+When the library is missing, `available()` is False and `load_error()` says in one line what
+to do; the dispatcher then uses the Numba kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import torch
+
+from ..formats import INT4_GROUP
+from .quant import PackedWeight
+
+BUILD_HINT = ("hetero-qwen C++ kernels are not built: run `pip install --force-reinstall --no-deps .` "
+              "(or `python setup.py build_ext --inplace` in a checkout) with g++/clang++ installed; "
+              "using the Numba kernels meanwhile")
+FMT_CODE = {"bf16": 0, "int8": 1, "int4": 2}
+ISA_CODE = {"scalar": 0, "avx2": 1, "avx512": 2}
+
+_lib = None
+_err: str | None = None
+_tried = False
+LIB_DIR = os.path.dirname(__file__)
+
+
+def _load(libdir: str | None = None):
+    global _lib, _err, _tried
+    _tried = True
+    _lib, _err = None, None
+    if os.environ.get("HETERO_QWEN_NO_CPP"):
+        _err = BUILD_HINT + " (disabled by HETERO_QWEN_NO_CPP)"
+        return
+    paths = sorted(glob.glob(os.path.join(libdir or LIB_DIR, "_hq_kernels*.so")))
+    if not paths:
+        _err = BUILD_HINT
+        return
+    try:
+        lib = ctypes.CDLL(paths[0])
+    except OSError as e:
+        _err = f"{BUILD_HINT} ({paths[0]} failed to load: {e})"
+        return
+    P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+    lib.hq_isa_name.restype = ctypes.c_char_p
+    lib.hq_linear.argtypes = [I, P, P, L, L, P, I, P]
+    lib.hq_ffn.argtypes = [I, P, P, P, P, P, P, L, L, P, I, P, P]
+    lib.hq_deltanet_step.argtypes = [I, L, I, I, P, P, P, P, P, P, P, I, I, L, L, P, P]
+    lib.hq_set_threads.argtypes = [I]
+    lib.hq_force_isa.argtypes = [I]
+    lib.hq_isa_supported.argtypes = [I]
+    if lib.hq_abi_version() != 1 or lib.hq_group_size() != INT4_GROUP:
+        _err = f"{BUILD_HINT} (stale build: ABI/group size mismatch in {paths[0]})"
+        return
+    _lib = lib
+
+
+def reload(libdir: str | None = None) -> bool:
+    """Load (again), optionally from another directory (tests use this to simulate no build)."""
+    _load(libdir)
+    return _lib is not None
+
+
+def lib():
+    if not _tried:
+        _load()
+    if _lib is None:
+        raise RuntimeError(_err)
+    return _lib
+
+
+def available() -> bool:
+    if not _tried:
+        _load()
+    return _lib is not None
+
+
+def load_error() -> str | None:
+    if not _tried:
+        _load()
+    return _err
+
+
+def isa() -> str:
+    return lib().hq_isa_name().decode()
+
+
+def isa_supported(name: str) -> bool:
+    return bool(lib().hq_isa_supported(ISA_CODE[name]))
+
+
+def force_isa(name: str | None) -> None:
+    """Pin the ISA copy of the kernels (None: best available). Raises if unsupported here."""
+    if lib().hq_force_isa(-1 if name is None else ISA_CODE[name]) != 0:
+        raise RuntimeError(f"ISA {name} not supported by this CPU / build")
+
+
+def set_threads(n: int) -> int:
+    return lib().hq_set_threads(int(n))
+
+
+def get_threads() -> int:
+    return lib().hq_get_threads()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(t: torch.Tensor, name: str, dtype: torch.dtype, shape: tuple) -> None:
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape) or not t.is_contiguous() or t.device.type != "cpu":
+        raise ValueError(f"{name}: expected contiguous cpu {dtype} {tuple(shape)}, got "
+                         f"{t.device.type} {t.dtype} {tuple(t.shape)} contiguous={t.is_contiguous()}")
+
+
+def _check_weight(w: PackedWeight, name: str) -> None:
+    o, n = w.out_features, w.in_features
+    if w.fmt == "bf16":
+        _check(w.data, name, torch.bfloat16, (o, n))
+    elif w.fmt == "int8":
+        _check(w.data, name, torch.int8, (o, n))
+        _check(w.meta, name + ".scale", torch.float32, (o,))
+    elif w.fmt == "int4":
+        ng = -(-n // INT4_GROUP)
+        _check(w.data, name, torch.uint8, (o, ng * INT4_GROUP // 2))
+        _check(w.meta, name + ".meta", torch.float16, (o, ng, 2))
+    else:
+        raise ValueError(f"{name}: C++ kernels support bf16, int8, int4, not {w.fmt!r}")
+
+
+def linear(x: torch.Tensor, w: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, in] fp32 contiguous -> out [B, out] fp32."""
+    B = x.shape[0]
+    _check(x, "x", torch.float32, (B, w.in_features))
+    _check_weight(w, "w")
+    if out is None:
+        out = torch.empty(B, w.out_features, dtype=torch.float32)
+    _check(out, "out", torch.float32, (B, w.out_features))
+    lib().hq_linear(FMT_CODE[w.fmt], _ptr(w.data), _ptr(w.meta), w.out_features, w.in_features,
+                    _ptr(x), B, _ptr(out))
+    return out
+
+
+def ffn(x: torch.Tensor, gate: PackedWeight, up: PackedWeight, down: PackedWeight,
+        out: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """x [B, H] fp32 -> out [B, H] fp32; hidden [B, I] fp32 scratch (allocated if None)."""
+    B, H = x.shape
+    I = gate.out_features
+    if not (gate.fmt == up.fmt == down.fmt):
+        raise ValueError("gate/up/down must share one format")
+    if (gate.in_features, up.out_features, up.in_features, down.out_features, down.in_features) != (H, I, H, H, I):
+        raise ValueError("gate/up [I, H] and down [H, I] shapes do not match x")
+    _check(x, "x", torch.float32, (B, H))
+    for w, n in ((gate, "gate"), (up, "up"), (down, "down")):
+        _check_weight(w, n)
+    if out is None:
+        out = torch.empty(B, H, dtype=torch.float32)
+    if hidden is None:
+        hidden = torch.empty(B, I, dtype=torch.float32)
+    _check(out, "out", torch.float32, (B, H))
+    _check(hidden, "hidden", torch.float32, (B, I))
+    lib().hq_ffn(FMT_CODE[gate.fmt], _ptr(gate.data), _ptr(gate.meta), _ptr(up.data), _ptr(up.meta),
+                 _ptr(down.data), _ptr(down.meta), H, I, _ptr(x), B, _ptr(hidden), _ptr(out))
+    return out
+
+
+def deltanet_decode_step(mixed_qkv, a, b, conv_weight, conv_state, A_log, dt_bias, state,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused DeltaNet decode token (see reference.deltanet_decode_step); all fp32 contiguous."""
+    from .reference import deltanet_heads
+
+    B, conv_dim = mixed_qkv.shape
+    Hk, Hv, Dk, Dv = deltanet_heads(conv_dim, state)
+    K = conv_weight.shape[1]
+    L = conv_state.shape[-1]
+    f32 = torch.float32
+    _check(mixed_qkv, "mixed_qkv", f32, (B, conv_dim))
+    _check(a, "a", f32, (B, Hv))
+    _check(b, "b", f32, (B, Hv))
+    _check(conv_weight, "conv_weight", f32, (conv_dim, K))
+    _check(conv_state, "conv_state", f32, (B, conv_dim, L))
+    _check(A_log, "A_log", f32, (Hv,))
+    _check(dt_bias, "dt_bias", f32, (Hv,))
+    _check(state, "state", f32, (B, Hv, Dk, Dv))
+    if L < K - 1:
+        raise ValueError(f"conv_state holds {L} inputs, needs at least {K - 1}")
+    if out is None:
+        out = torch.empty(B, Hv, Dv, dtype=f32)
+    _check(out, "out", f32, (B, Hv, Dv))
+    rc = lib().hq_deltanet_step(B, conv_dim, K, L, _ptr(mixed_qkv), _ptr(a), _ptr(b), _ptr(conv_weight),
+                                _ptr(conv_state), _ptr(A_log), _ptr(dt_bias), Hk, Hv, Dk, Dv,
+                                _ptr(state), _ptr(out))
+    if rc != 0:
+        raise ValueError("hq_deltanet_step rejected its shapes")
+    return out
