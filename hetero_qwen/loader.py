@@ -69,6 +69,15 @@ def resolve_profile(profile, quiet: bool = False) -> Profile:
     return _probed
 
 
+def _set_threads(n: int) -> None:
+    """One knob for torch, Numba and the C++ pool, so they never oversubscribe the cores."""
+    try:
+        from .kernels import set_threads
+        set_threads(n)
+    except ImportError:
+        torch.set_num_threads(n)
+
+
 def _progress(desc: str, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return lambda it: it
@@ -103,7 +112,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
                            max(prof.ram - prof.cpu_reserve, 0), simulate_gpu)
     if devices.gpu is not None and devices.gpu.simulated:
         _say("no CUDA device: the GPU tier is simulated in host memory (budgets and traffic are checked)", quiet)
-    torch.set_num_threads(prof.threads)
+    _set_threads(prof.threads)
     model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype,
                                progress=_progress("loading", quiet))
     if devices.gpu is not None:

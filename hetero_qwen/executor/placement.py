@@ -49,6 +49,19 @@ def _kernels():
         return None
 
 
+class CpuKernelOp:
+    """Adapts a CPU kernel ([B, in] -> [B, out] fp32) to the model's [..., in] activations and dtype."""
+
+    def __init__(self, kernel, dtype: torch.dtype):
+        self.kernel, self.dtype = kernel, dtype
+        self.nbytes = getattr(kernel, "nbytes", 0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.kernel(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*lead, y.shape[-1]).to(self.dtype)
+
+
 def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devices: Devices, dtype: torch.dtype,
                        progress: Callable[[Iterable], Iterable] = lambda it: it) -> Qwen35Model:
     cfg = ckpt.cfg
@@ -102,7 +115,8 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         if fmt != "float" or (kernels is not None and dtype == torch.bfloat16):
             if kernels is None:
                 raise PlanError(f"{g.name}: {fmt} CPU weights need the CPU kernels (hetero_qwen.kernels)")
-            projs = {k: kernels.CpuLinear(w, fmt if fmt != "float" else "bf16") for k, w in mats.items()}
+            projs = {k: CpuKernelOp(kernels.CpuLinear(w, fmt if fmt != "float" else "bf16"), dtype)
+                     for k, w in mats.items()}
             if fmt != "float":
                 devices.cpu.memory.alloc(sum(pr.nbytes for pr in projs.values()), g.name)
             return projs, False
@@ -118,9 +132,9 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                     and (fmt != "float" or dtype == torch.bfloat16)):
                 fused = kernels.CpuFFN(mats["gate_proj.weight"], mats["up_proj.weight"], mats["down_proj.weight"],
                                        fmt if fmt != "float" else "bf16")
-                if fmt != "float":
+                if fmt != "float":  # float weights were charged when placed
                     devices.cpu.memory.alloc(fused.nbytes, g.name)
-                ops[d] = FFN(None, None, None, fused=fused)
+                ops[d] = FFN(None, None, None, fused=CpuKernelOp(fused, dtype))
                 continue
             projs, is_streamed = projections(g, p, mats, d)
             if is_streamed:

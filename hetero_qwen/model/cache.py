@@ -63,13 +63,14 @@ class DeltaNetSnapshot:
 
 
 class DeltaNetCache:
-    """Conv state [B, conv_dim, K-1] (activation dtype) and recurrent state [B, Hv, Dk, Dv] (fp32)."""
+    """Conv state [B, conv_dim, K-1] and recurrent state [B, Hv, Dk, Dv], both fp32 (the conv inputs
+    are activation-dtype values, so fp32 holds them exactly; the fused CPU step wants fp32)."""
 
     can_trim = False
 
     def __init__(self, batch: int, conv_dim: int, kernel: int, v_heads: int, dk: int, dv: int,
                  dtype: torch.dtype, device: torch.device | str = "cpu"):
-        self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=dtype, device=device)
+        self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=torch.float32, device=device)
         self.state = torch.zeros(batch, v_heads, dk, dv, dtype=torch.float32, device=device)
 
     def nbytes(self) -> int:
