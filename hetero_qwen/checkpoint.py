@@ -156,10 +156,18 @@ class Checkpoint:
         return e.end - e.begin
 
     def check_complete(self) -> None:
-        """Every tensor the text model needs exists with the shape config.json implies."""
+        """Every tensor the text model needs exists with the shape config.json implies
+        (packed weights of a quantized checkpoint: with the byte size their format implies)."""
+        packed = {}
+        if self.cfg.hetero_format:
+            from .quantized_checkpoint import load_packed, quantized_names
+            packed = dict(quantized_names(self.cfg))
         for group in self.cfg.weight_groups():
             for local, shape in group.matrices + group.vectors:
                 name = tensor_name(group.name, group.kind, local, self.cfg)
+                if name in packed and name in self.entries:
+                    load_packed(self, name, shape)
+                    continue
                 if name not in self.entries:
                     if group.kind == "head" and self.cfg.tie_word_embeddings:
                         continue

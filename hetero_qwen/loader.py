@@ -104,6 +104,8 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         dtype = DTYPES[dtype]
     dtype = dtype or checkpoint_dtype(cfg)
     prof = resolve_profile(profile, quiet)
+    if cfg.hetero_format and prof.cpu_dtype != cfg.hetero_format:  # use the packed weights as stored
+        prof = prof.replace(cpu_dtype=cfg.hetero_format)
     if dtype == torch.float32:  # float weights are kept in the compute dtype
         prof = prof.replace(gpu_dtype="fp32", cpu_dtype="fp32" if prof.cpu_dtype == "bf16" else prof.cpu_dtype)
     prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
@@ -114,7 +116,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         _say("no CUDA device: the GPU tier is simulated in host memory (budgets and traffic are checked)", quiet)
     _set_threads(prof.threads)
     model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype,
-                               progress=_progress("loading", quiet))
+                               progress=_progress("loading", quiet), always_stream=prof.prefill_stream == "on")
     if devices.gpu is not None:
         model.op_hook = working_set_hook(devices)
     return Engine(cfg, model, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,

@@ -21,7 +21,7 @@ from ..errors import PlanError
 from ..model.layers import FFN, Attention, GatedDeltaNet, TorchLinear
 from ..model.qwen3_5 import Layer, OpSlot, Qwen35Model
 from .devices import Devices, MemoryTier
-from .streaming import Prefetcher, SlotLinear, StagedGroup
+from .streaming import META, Prefetcher, SlotLinear, StagedGroup
 
 
 
@@ -63,7 +63,10 @@ class CpuKernelOp:
 
 
 def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devices: Devices, dtype: torch.dtype,
-                       progress: Callable[[Iterable], Iterable] = lambda it: it) -> Qwen35Model:
+                       progress: Callable[[Iterable], Iterable] = lambda it: it,
+                       always_stream: bool = False) -> Qwen35Model:
+    """`always_stream` (profile prefill.stream: on): streamed blocks go to the GPU for every
+    multi-token forward, not only from their crossover on."""
     cfg = ckpt.cfg
     disk = MemoryTier("disk", None)
     kernels = _kernels()
@@ -73,20 +76,41 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         return ckpt.get(tensor_name(g.name, g.kind, local, cfg), shape)
 
     def cpu_format(p: Placement) -> str:
-        """Storage format of an off-GPU group: the plan's CPU format, floats in the compute dtype."""
-        return p.dtype if p.home == "cpu" and p.dtype in ("int8", "int4") else "float"
+        """Storage format of an off-GPU group: the plan's CPU format (or the quantized checkpoint's,
+        on disk), floats in the compute dtype."""
+        if p.home == "cpu" and p.dtype in ("int8", "int4"):
+            return p.dtype
+        if p.home == "disk" and cfg.hetero_format:
+            return cfg.hetero_format
+        return "float"
 
-    def home_matrices(g: WeightGroup, p: Placement) -> dict[str, torch.Tensor]:
+    packed_names = set()
+    if cfg.hetero_format:
+        from ..quantized_checkpoint import load_packed, quantized_names
+        packed_names = {n for n, _ in quantized_names(cfg)}
+
+    def home_matrices(g: WeightGroup, p: Placement) -> dict:
         out = {}
         for local, shape in g.matrices:
-            t = read(g, local, shape)
+            full = tensor_name(g.name, g.kind, local, cfg)
+            if full in packed_names:  # a pre-quantized checkpoint
+                pw = load_packed(ckpt, full, shape)
+                if p.home in ("cpu", "disk") and cpu_format(p) == pw.fmt:
+                    if p.home == "disk":
+                        disk.alloc(pw.nbytes, g.name)  # kernels read the mapped file directly
+                    out[local] = pw
+                    continue
+                t = pw.dequantize()  # GPU (or another CPU format): back to float once, at load
+            else:
+                t = read(g, local, shape)
             if p.home == "gpu":
                 out[local] = devices.gpu.place(t.to(dtype), g.name)
             elif p.home == "disk" and t.dtype == dtype:
                 disk.alloc(t.numel() * t.element_size(), g.name)
                 out[local] = t  # a view of the mapped file: the page cache is this tier
-            elif cpu_format(p) != "float":
-                out[local] = t  # quantized by the CPU kernels, charged at the packed size
+            elif cpu_format(p) != "float":  # packed once here; the CPU kernels and staging share it
+                out[local] = _pin_packed(kernels.PackedWeight.from_float(t.float(), cpu_format(p)),
+                                         p.stream_prefill)
             else:  # an anonymous copy: resident RAM as planned, pinned if it will be streamed
                 c = t.to(dtype)
                 out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name,
@@ -104,11 +128,15 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         if dev_name == "gpu" and home == "gpu":
             return {k: TorchLinear(w) for k, w in mats.items()}, False
         if dev_name == "gpu":  # an off-GPU block computed on the GPU: stream it through the slots
-            if cpu_format(p) != "float":
-                raise PlanError(f"{g.name}: {p.dtype} CPU weights cannot be streamed to the GPU; "
-                                f"use cpu_dtype bf16 for streamed prefill")
-            staged[g.name] = StagedGroup(g.name, dict(mats))
-            return {k: _LateSlotLinear(g.name, k) for k in mats}, True
+            tensors, specs = {}, {}
+            for k, w in mats.items():
+                if isinstance(w, torch.Tensor):
+                    tensors[k] = w
+                else:  # a packed int8/int4 weight: stream data + scales, dequantize on the GPU
+                    tensors[k], tensors[k + META] = w.data, w.meta
+                    specs[k] = (w.fmt, w.out_features, w.in_features)
+            staged[g.name] = StagedGroup(g.name, tensors)
+            return {k: _LateSlotLinear(g.name, k, specs.get(k)) for k in mats}, True
         if home == "gpu":
             raise PlanError(f"{g.name}: lives on the GPU but is planned to run on the CPU")
         fmt = cpu_format(p)
@@ -117,7 +145,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                 raise PlanError(f"{g.name}: {fmt} CPU weights need the CPU kernels (hetero_qwen.kernels)")
             projs = {k: CpuKernelOp(kernels.CpuLinear(w, fmt if fmt != "float" else "bf16"), dtype)
                      for k, w in mats.items()}
-            if fmt != "float":
+            if fmt != "float" and p.home == "cpu":  # disk-tier packed weights stay in the mapped file
                 devices.cpu.memory.alloc(sum(pr.nbytes for pr in projs.values()), g.name)
             return projs, False
         return {k: TorchLinear(w) for k, w in mats.items()}, False
@@ -132,7 +160,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                     and (fmt != "float" or dtype == torch.bfloat16)):
                 fused = kernels.CpuFFN(mats["gate_proj.weight"], mats["up_proj.weight"], mats["down_proj.weight"],
                                        fmt if fmt != "float" else "bf16")
-                if fmt != "float":  # float weights were charged when placed
+                if fmt != "float" and p.home == "cpu":  # floats were charged when placed; disk stays mapped
                     devices.cpu.memory.alloc(fused.nbytes, g.name)
                 ops[d] = FFN(None, None, None, fused=CpuKernelOp(fused, dtype))
                 continue
@@ -140,15 +168,17 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
             if is_streamed:
                 streamed.add(d)
             ops[d] = projs["weight"] if g.kind == "head" else _make_op(cfg, g, projs, vec, d == "cpu", kernels)
-        crossover = p.crossover_tokens if p.prefill_device != p.decode_device else None
+        crossover = None
+        if p.prefill_device != p.decode_device:
+            crossover = 2 if always_stream else p.crossover_tokens
         return OpSlot(g.name, ops, norms, p.decode_device, p.prefill_device, crossover, frozenset(streamed))
 
     groups = {g.name: g for g in cfg.weight_groups()}
     embed_g = groups[f"{cfg.text_prefix}embed_tokens"]
     ep = placements[embed_g.name]
     embed = home_matrices(embed_g, ep)["weight"]
-    if embed.dtype != dtype:  # a quantized-format embedding still gathers float rows
-        embed = devices.cpu.place(read(embed_g, "weight", None).to(dtype), embed_g.name)
+    if not isinstance(embed, torch.Tensor):  # an int8/int4 embedding: rows dequantized per lookup
+        embed = PackedEmbedding(embed)
     layers = []
     for i in progress(range(cfg.num_hidden_layers)):
         mixer_g = groups[f"{cfg.layer_prefix(i)}{cfg.mixer_name(i)}"]
@@ -175,11 +205,33 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
     return model
 
 
+class PackedEmbedding:
+    """`embed[ids]` for a packed int8/int4 table: only the looked-up rows are dequantized."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, packed):
+        self.packed = packed
+
+    def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        from ..kernels.quant import PackedWeight
+        pw, flat = self.packed, ids.reshape(-1)
+        rows = PackedWeight(pw.fmt, pw.data[flat], pw.meta[flat], flat.numel(), pw.in_features).dequantize()
+        return rows.view(*ids.shape, pw.in_features)
+
+
+def _pin_packed(pw, pin: bool):
+    """Page-lock a packed weight that will be copied to a real GPU."""
+    if pin and torch.cuda.is_available():
+        pw.data, pw.meta = pw.data.pin_memory(), pw.meta.pin_memory()
+    return pw
+
+
 class _LateSlotLinear:
     """Placeholder bound to the prefetcher once it exists (it needs every streamed group's size)."""
 
-    def __init__(self, group: str, local: str):
-        self.group, self.local = group, local
+    def __init__(self, group: str, local: str, packed: tuple | None = None):
+        self.group, self.local, self.packed = group, local, packed
         self.bound: SlotLinear | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,13 +242,14 @@ def _bind_slots(model: Qwen35Model, prefetcher: Prefetcher) -> None:
     def bind(op) -> None:
         for attr in vars(op).values():
             if isinstance(attr, _LateSlotLinear):
-                attr.bound = SlotLinear(prefetcher, attr.group, attr.local)
+                attr.bound = SlotLinear(prefetcher, attr.group, attr.local, attr.packed)
     for layer in model.layers:
         for slot in (layer.mixer, layer.ffn):
             for d in slot.streamed:
                 bind(slot.ops[d])
     for d in model.head.streamed:
-        model.head.ops[d].bound = SlotLinear(prefetcher, model.head.name, "weight")
+        op = model.head.ops[d]
+        op.bound = SlotLinear(prefetcher, model.head.name, "weight", op.packed)
 
 
 def _make_op(cfg, g: WeightGroup, P: dict, vec: dict, on_cpu: bool, kernels):

@@ -127,12 +127,22 @@ class Prefetcher:
             self._issue(slot_idx)
 
 
-class SlotLinear:
-    """A projection whose weight lives in a staging slot while its group is being computed."""
+META = ".hq_meta"  # staged alongside a packed weight: its scales (int8) or scales+offsets (int4)
 
-    def __init__(self, prefetcher: Prefetcher, group: str, local: str):
-        self.prefetcher, self.group, self.local = prefetcher, group, local
+
+class SlotLinear:
+    """A projection whose weight lives in a staging slot while its group is being computed.
+    Packed int8/int4 weights (`packed` = (fmt, out, in)) are dequantized on the GPU per call."""
+
+    def __init__(self, prefetcher: Prefetcher, group: str, local: str, packed: tuple | None = None):
+        self.prefetcher, self.group, self.local, self.packed = prefetcher, group, local, packed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.prefetcher.current[self.group][self.local]
+        views = self.prefetcher.current[self.group]
+        if self.packed is None:
+            w = views[self.local]
+        else:
+            from ..kernels.quant import PackedWeight
+            fmt, out, n = self.packed
+            w = PackedWeight(fmt, views[self.local], views[self.local + META], out, n).dequantize().to(x.dtype)
         return torch.nn.functional.linear(x.to(w.dtype), w)

@@ -1,0 +1,50 @@
+"""`hetero-qwen quantize` and `hetero-qwen info`."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import typer
+
+from .common import say
+
+
+def quantize(src: Path = typer.Argument(..., help="Checkpoint directory to read"),
+             dst: Path = typer.Argument(..., help="New directory to write"),
+             dtype: str = typer.Option("int8", "--dtype", help="int8 | int4")) -> None:
+    """Write a pre-quantized copy of a checkpoint that loads without re-quantizing."""
+    from ..loader import _progress
+    from ..quantized_checkpoint import quantize_checkpoint
+    quantize_checkpoint(src, dst, dtype, progress=_progress("quantizing", False))
+    say(f"wrote {dtype} checkpoint to {dst}")
+
+
+def info(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Versions, CPU kernel backend and ISA, threads, CUDA devices."""
+    import torch
+
+    from .. import __version__
+    from ..kernels import kernel_info
+    out = {"hetero_qwen": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.cuda.is_available(),
+           "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+           "kernels": kernel_info()}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    k = out["kernels"]
+    print(f"hetero-qwen {out['hetero_qwen']}  python {out['python']}  torch {out['torch']}")
+    print(f"cpu: {k['cpu']}  isa: {' '.join(k.get('cpu_isa', []))}")
+    print(f"cpu kernels: backend {k['backend']}{' (forced)' if k['forced'] else ''}, "
+          f"c++ {'isa ' + str(k['cpp_isa']) if k['cpp_available'] else 'not built: ' + str(k.get('cpp_error'))}, "
+          f"threads {k['threads']}, prefill {k['prefill_backend']}")
+    print("cuda: " + (", ".join(out["cuda_devices"]) if out["cuda"] else "none (the GPU tier is simulated)"))
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize)
+    app.command("info")(info)

@@ -1,0 +1,144 @@
+"""Pre-quantized checkpoints: `hetero-qwen quantize SRC DST --dtype int8|int4`.
+
+Every 2-D weight of the text model except the embedding (a row gather, kept in bf16) is stored
+in its CPU kernel format: the packed values under the weight's own name and the scales/offsets
+under `<name>.hq_meta`. config.json records `"hetero_qwen_format": "int8" | "int4"`, so the
+loader hands the packed tensors straight to the CPU kernels (no re-quantization, and a disk-tier
+group stays a view of the mapped file). Vision and MTP tensors are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import INDEX_FILE, Checkpoint, tensor_name
+from .config import ModelConfig, load_raw_config
+from .errors import CheckpointError, InputError
+
+META_SUFFIX = ".hq_meta"
+SHARD_BYTES = 2 * 2**30
+QUANTIZED_KINDS = ("ffn", "deltanet", "attention", "head")
+COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
+              "special_tokens_map.json", "vocab.json", "merges.txt", "preprocessor_config.json")
+
+
+class ShardWriter:
+    """Buffers tensors and writes ~2 GiB safetensors shards plus the index."""
+
+    def __init__(self, directory: Path, shard_bytes: int = SHARD_BYTES):
+        self.dir, self.shard_bytes = directory, shard_bytes
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.n = 0
+        self.weight_map: dict[str, str] = {}
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        self.buffer[name] = t.contiguous()
+        self.size += t.numel() * t.element_size()
+        if self.size >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        self.n += 1
+        fname = f"model-{self.n:05d}.safetensors"
+        save_file(self.buffer, str(self.dir / fname), metadata={"format": "pt"})
+        self.weight_map.update({k: fname for k in self.buffer})
+        self.buffer, self.size = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        (self.dir / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": self.weight_map}, indent=1))
+
+
+def quantized_names(cfg: ModelConfig) -> list[tuple[str, tuple[int, int]]]:
+    """(full name, [out, in]) of every matrix a quantized checkpoint stores packed."""
+    out = []
+    for g in cfg.weight_groups():
+        if g.kind in QUANTIZED_KINDS:
+            out += [(tensor_name(g.name, g.kind, local, cfg), shape) for local, shape in g.matrices]
+    return out
+
+
+def write_checkpoint_atomically(dst: Path, fill: Callable[[Path], None]) -> Path:
+    """Run `fill(tmp_dir)` and move the result to `dst`; nothing half-written is left behind."""
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise InputError(f"{dst} exists and is not empty; choose a new directory")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        fill(tmp)
+        if dst.exists():
+            dst.rmdir()
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
+                        progress: Callable[[Iterable], Iterable] = lambda it: it) -> Path:
+    from .kernels.quant import PackedWeight
+    if fmt not in ("int8", "int4"):
+        raise InputError(f"--dtype must be int8 or int4, got {fmt!r}")
+    src = Path(src)
+    raw = load_raw_config(src)
+    cfg = ModelConfig.from_dict(raw, source=str(src))
+    if cfg.hetero_format:
+        raise InputError(f"{src} is already quantized ({cfg.hetero_format})")
+    ckpt = Checkpoint(src, cfg)
+    ckpt.check_complete()
+    packed = dict(quantized_names(cfg))
+
+    def fill(tmp: Path) -> None:
+        w = ShardWriter(tmp)
+        for name in progress(sorted(ckpt.names())):
+            if name.endswith("_scale_inv") and name[: -len("_scale_inv")] in ckpt:
+                continue  # FP8 scales: folded in by ckpt.get below
+            t = ckpt.get(name)
+            raw_name = ckpt.raw_names[name]
+            if name in packed:
+                pw = PackedWeight.from_float(t.float(), fmt)
+                w.add(raw_name, pw.data)
+                w.add(raw_name + META_SUFFIX, pw.meta)
+            else:
+                w.add(raw_name, t.clone())
+        w.close()
+        out = dict(raw)
+        out.pop("quantization_config", None)
+        if "text_config" in out:
+            out["text_config"] = {k: v for k, v in out["text_config"].items() if k != "quantization_config"}
+        out["hetero_qwen_format"] = fmt
+        (tmp / "config.json").write_text(json.dumps(out, indent=2) + "\n")
+        for f in COPY_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+
+    return write_checkpoint_atomically(Path(dst), fill)
+
+
+def load_packed(ckpt: Checkpoint, name: str, shape: tuple[int, int]):
+    """The PackedWeight stored for `name` in a quantized checkpoint (zero-copy views of the file)."""
+    from .formats import matrix_bytes
+    from .kernels.quant import PackedWeight
+    fmt = ckpt.cfg.hetero_format
+    meta_name = name + META_SUFFIX
+    if meta_name not in ckpt:
+        raise CheckpointError(f"{ckpt.path}: {name} has no {meta_name} (config.json says {fmt})")
+    data, meta = ckpt.raw(name), ckpt.raw(meta_name)
+    pw = PackedWeight(fmt, data, meta, shape[0], shape[1])
+    if pw.nbytes != matrix_bytes(shape[0], shape[1], fmt):
+        raise CheckpointError(f"{ckpt.path}: {name} holds {pw.nbytes} bytes, {fmt} {list(shape)} needs "
+                              f"{matrix_bytes(shape[0], shape[1], fmt)}")
+    return pw
