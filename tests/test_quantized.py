@@ -78,3 +78,12 @@ def test_info_reports_the_kernel_backend(capsys):
     info = json.loads(out)
     assert code == 0 and info["kernels"]["backend"] in ("cpp", "numba", "torch", "reference")
     assert "threads" in info["kernels"]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantizing_by_row_blocks_equals_quantizing_whole(fmt):
+    from hetero_qwen.executor.placement import pack_rows
+    from hetero_qwen.kernels import PackedWeight
+    t = torch.randn(1000, 200)
+    a, b = pack_rows(t, fmt, PackedWeight, rows=128), PackedWeight.from_float(t, fmt)
+    assert torch.equal(a.data, b.data) and torch.equal(a.meta, b.meta)

@@ -109,8 +109,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                 disk.alloc(t.numel() * t.element_size(), g.name)
                 out[local] = t  # a view of the mapped file: the page cache is this tier
             elif cpu_format(p) != "float":  # packed once here; the CPU kernels and staging share it
-                out[local] = _pin_packed(kernels.PackedWeight.from_float(t.float(), cpu_format(p)),
-                                         p.stream_prefill)
+                out[local] = _pin_packed(pack_rows(t, cpu_format(p), kernels.PackedWeight), p.stream_prefill)
             else:  # an anonymous copy: resident RAM as planned, pinned if it will be streamed
                 c = t.to(dtype)
                 out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name,
@@ -203,6 +202,17 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         model.prefetcher = Prefetcher(devices, staged)
         _bind_slots(model, model.prefetcher)
     return model
+
+
+def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096):
+    """Quantize `t` [out, in] a block of rows at a time: both formats scale per row (or per row
+    group), so this equals quantizing it whole, with temporaries bounded to one block in fp32
+    (the 27B embedding would otherwise need ~20 GB of them)."""
+    parts = [packed_cls.from_float(t[r:r + rows].float(), fmt) for r in range(0, t.shape[0], rows)]
+    if len(parts) == 1:
+        return parts[0]
+    return packed_cls(fmt, torch.cat([q.data for q in parts]), torch.cat([q.meta for q in parts]),
+                      t.shape[0], t.shape[1])
 
 
 class PackedEmbedding:
