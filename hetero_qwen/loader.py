@@ -78,11 +78,30 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _progress(desc: str, quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return lambda it: it
-    from tqdm import tqdm
-    return lambda it: tqdm(it, desc=desc, unit="layer", leave=False, file=sys.stderr)
+class TierProgress:
+    """One progress bar per tier (gpu, cpu, disk) in bytes of weights placed, on a terminal."""
+
+    def __init__(self, plan, quiet: bool):
+        self.bytes = {g.name: (g.home, g.bytes) for g in plan.groups}
+        self.bars = {}
+        if quiet or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+        totals = {}
+        for home, n in self.bytes.values():
+            totals[home] = totals.get(home, 0) + n
+        for i, (tier, total) in enumerate(t for t in totals.items() if t[1]):
+            self.bars[tier] = tqdm(total=total, desc=f"loading {tier:4s}", unit="B", unit_scale=True,
+                                   position=i, leave=False, file=sys.stderr)
+
+    def __call__(self, name: str) -> None:
+        home, n = self.bytes.get(name, (None, 0))
+        if home in self.bars:
+            self.bars[home].update(n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
@@ -115,8 +134,12 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     if devices.gpu is not None and devices.gpu.simulated:
         _say("no CUDA device: the GPU tier is simulated in host memory (budgets and traffic are checked)", quiet)
     _set_threads(prof.threads)
-    model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype,
-                               progress=_progress("loading", quiet), always_stream=prof.prefill_stream == "on")
+    bars = TierProgress(plan, quiet)
+    try:
+        model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars,
+                                   always_stream=prof.prefill_stream == "on")
+    finally:
+        bars.close()
     if devices.gpu is not None:
         model.op_hook = working_set_hook(devices)
     return Engine(cfg, model, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,

@@ -83,8 +83,14 @@ def generate(
         sys.stdout.write("\n")
     if stats:
         s = engine.stats
+        d = s.as_dict()
         say(f"prompt {s.prompt_tokens} tok, prefill {s.prefill_tokens_per_s:.1f} tok/s, "
-            f"decode {s.decode_tokens} tok at {s.decode_tokens_per_s:.1f} tok/s")
+            f"decode {s.decode_tokens} tok at {s.decode_tokens_per_s:.1f} tok/s; "
+            f"moved h2d {d['h2d_bytes']} B, d2h {d['d2h_bytes']} B in {d['hops']} hops "
+            f"({d['streamed_bytes']} B streamed); seconds by device {d['seconds_by_device']}; "
+            f"peak bytes {d['peak_bytes']}")
+        if engine.plan is not None:
+            say(engine.plan_summary)
 
 
 def _maybe_tokenizer(engine):

@@ -16,9 +16,14 @@ def quantize(src: Path = typer.Argument(..., help="Checkpoint directory to read"
              dst: Path = typer.Argument(..., help="New directory to write"),
              dtype: str = typer.Option("int8", "--dtype", help="int8 | int4")) -> None:
     """Write a pre-quantized copy of a checkpoint that loads without re-quantizing."""
-    from ..loader import _progress
     from ..quantized_checkpoint import quantize_checkpoint
-    quantize_checkpoint(src, dst, dtype, progress=_progress("quantizing", False))
+
+    def progress(it):
+        if not sys.stderr.isatty():
+            return it
+        from tqdm import tqdm
+        return tqdm(it, desc="quantizing", unit="tensor", leave=False, file=sys.stderr)
+    quantize_checkpoint(src, dst, dtype, progress=progress)
     say(f"wrote {dtype} checkpoint to {dst}")
 
 

@@ -11,7 +11,7 @@ Small fp32 vectors (norms, A_log, dt_bias, conv) are copied to every device that
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -63,7 +63,7 @@ class CpuKernelOp:
 
 
 def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devices: Devices, dtype: torch.dtype,
-                       progress: Callable[[Iterable], Iterable] = lambda it: it,
+                       on_loaded: Callable[[str], None] = lambda name: None,
                        always_stream: bool = False) -> Qwen35Model:
     """`always_stream` (profile prefill.stream: on): streamed blocks go to the GPU for every
     multi-token forward, not only from their crossover on."""
@@ -179,7 +179,8 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
     if not isinstance(embed, torch.Tensor):  # an int8/int4 embedding: rows dequantized per lookup
         embed = PackedEmbedding(embed)
     layers = []
-    for i in progress(range(cfg.num_hidden_layers)):
+    on_loaded(embed_g.name)
+    for i in range(cfg.num_hidden_layers):
         mixer_g = groups[f"{cfg.layer_prefix(i)}{cfg.mixer_name(i)}"]
         ffn_g = groups[f"{cfg.layer_prefix(i)}mlp"]
         mixer = slot_for(mixer_g, placements[mixer_g.name], home_matrices(mixer_g, placements[mixer_g.name]),
@@ -187,6 +188,8 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         ffn = slot_for(ffn_g, placements[ffn_g.name], home_matrices(ffn_g, placements[ffn_g.name]),
                        "post_attention_layernorm.weight")
         layers.append(Layer(cfg.layer_types[i], mixer, ffn))
+        on_loaded(mixer_g.name)
+        on_loaded(ffn_g.name)
 
     head_g = groups["lm_head"]
     hp = placements[head_g.name]
@@ -195,6 +198,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
     else:
         head_mats = home_matrices(head_g, hp)
     head = slot_for(head_g, hp, head_mats, f"{cfg.text_prefix}norm.weight")
+    on_loaded(head_g.name)
 
     model = Qwen35Model(cfg, embed, devices[home_device(ep.home)], layers, head, dtype, devices)
     model.disk = disk
