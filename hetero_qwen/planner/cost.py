@@ -20,8 +20,21 @@ def device_of(home: str) -> str:
     return "gpu" if home == "gpu" else "cpu"
 
 
+# Fraction of the measured read bandwidth our CPU kernels reach in decode, per CPU weight format:
+# measured end to end (bench/run_27b_cpu.py, bench/compare_cpu.py) on the development machine;
+# `cpu.efficiency` in the profile overrides it.
+CPU_KERNEL_EFFICIENCY = {"int4": 0.57, "int8": 0.6, "bf16": 0.5, "fp32": 0.5}
+
+
+def cpu_efficiency(p: Profile) -> float:
+    return p.cpu_efficiency or CPU_KERNEL_EFFICIENCY.get(p.cpu_dtype, 0.5)
+
+
 def tier_bandwidth(p: Profile, tier: str) -> float:
-    return {"gpu": p.bw_gpu, "cpu": p.bw_cpu, "disk": p.bw_disk}[tier]
+    """Bytes/s an op reads weights from `tier` at: the CPU at its kernels' share of the RAM
+    bandwidth; the disk tier no faster than the CPU kernels either."""
+    cpu = p.bw_cpu * cpu_efficiency(p)
+    return {"gpu": p.bw_gpu, "cpu": cpu, "disk": min(p.bw_disk, cpu)}[tier]
 
 
 def flop_rate(p: Profile, device: str) -> float:
