@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--format", action="append", choices=["bf16", "int8", "int4"],
+                    help="our CPU weight format(s), each timed in the same alternation (default bf16)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,27 +87,38 @@ def main() -> None:
     for size in args.size or ["small"]:
         with tempfile.TemporaryDirectory() as d:
             hf = make_checkpoint(size, dtype, Path(d))
-            ours = hetero_qwen.load(d, dtype=args.dtype, quiet=True)
+            formats = args.format or ["bf16"]
+            ours = {f: hetero_qwen.load(d, dtype=args.dtype, quiet=True,
+                                        profile={"cpu": {"ram": "16GiB", "threads": args.threads},
+                                                 "context": 4096, "weights": {"cpu_dtype": f}})
+                    for f in formats}
             prompt = [(i * 37) % (SIZES[size]["vocab_size"] - 1) + 1 for i in range(args.prefill)]
-            time_ours(ours, prompt[:16], 2), time_hf(hf, prompt[:16], 2)  # warm-up both
-            runs = {"ours": [], "transformers": []}
-            for _ in range(args.repeats):  # alternate so drift hits both equally
-                runs["ours"].append(time_ours(ours, prompt, args.decode))
+            for eng in ours.values():
+                time_ours(eng, prompt[:16], 2)
+            time_hf(hf, prompt[:16], 2)  # warm-up
+            runs = {f"ours-{f}": [] for f in formats} | {"transformers": []}
+            for _ in range(args.repeats):  # alternate so drift hits every contender equally
+                for f, eng in ours.items():
+                    runs[f"ours-{f}"].append(time_ours(eng, prompt, args.decode))
                 runs["transformers"].append(time_hf(hf, prompt, args.decode))
             med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
                    for k, v in runs.items()}
             params = sum(p.numel() for p in hf.parameters())
-            row = {"size": size, "params": params, "dtype": args.dtype, "threads": args.threads,
-                   "prefill_tokens": args.prefill, "decode_tokens": args.decode,
-                   "ours_prefill_tok_s": med["ours"][0], "ours_decode_tok_s": med["ours"][1],
-                   "hf_prefill_tok_s": med["transformers"][0], "hf_decode_tok_s": med["transformers"][1],
-                   "prefill_ratio": med["ours"][0] / med["transformers"][0],
-                   "decode_ratio": med["ours"][1] / med["transformers"][1]}
-            results.append(row)
-            print(f"{size:6s} {params / 1e6:7.1f}M {args.dtype} {args.threads}t | prefill ours "
-                  f"{row['ours_prefill_tok_s']:8.1f} hf {row['hf_prefill_tok_s']:8.1f} tok/s "
-                  f"x{row['prefill_ratio']:.2f} | decode ours {row['ours_decode_tok_s']:7.1f} "
-                  f"hf {row['hf_decode_tok_s']:7.1f} tok/s x{row['decode_ratio']:.2f}", flush=True)
+            hf_pre, hf_dec = med["transformers"]
+            for f in formats:
+                pre, dec = med[f"ours-{f}"]
+                row = {"size": size, "params": params, "dtype": args.dtype, "format": f, "threads": args.threads,
+                       "prefill_tokens": args.prefill, "decode_tokens": args.decode,
+                       "ours_prefill_tok_s": pre, "ours_decode_tok_s": dec,
+                       "hf_prefill_tok_s": hf_pre, "hf_decode_tok_s": hf_dec,
+                       "prefill_ratio": pre / hf_pre, "decode_ratio": dec / hf_dec,
+                       "decode_vs_ours_bf16": dec / med["ours-bf16"][1] if "ours-bf16" in med else None,
+                       "predicted_decode_tok_s": ours[f].plan.predicted.decode_tokens_per_s}
+                results.append(row)
+                print(f"{size:6s} {params / 1e6:7.1f}M {f:5s} {args.threads}t | prefill ours {pre:8.1f} "
+                      f"hf {hf_pre:8.1f} tok/s x{pre / hf_pre:.2f} | decode ours {dec:7.1f} hf {hf_dec:7.1f} "
+                      f"tok/s x{dec / hf_dec:.2f}" + (f" | vs our bf16 x{row['decode_vs_ours_bf16']:.2f}"
+                                                      if row["decode_vs_ours_bf16"] else ""), flush=True)
     out = {"bench": "compare_cpu", "machine": {"cpu": platform.processor() or platform.machine(),
                                                "torch": torch.__version__}, "results": results}
     Path(__file__).with_name("results").mkdir(exist_ok=True)
