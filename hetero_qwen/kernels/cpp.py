@@ -50,6 +50,8 @@ def _load(libdir: str | None = None):
     lib.hq_ffn.argtypes = [I, P, P, P, P, P, P, L, L, P, I, P, P]
     lib.hq_deltanet_step.argtypes = [I, L, I, I, P, P, P, P, P, P, P, I, I, L, L, P, P]
     lib.hq_set_threads.argtypes = [I]
+    lib.hq_tune.argtypes = [I, L]
+    lib.hq_tune.restype = L
     lib.hq_force_isa.argtypes = [I]
     lib.hq_isa_supported.argtypes = [I]
     if lib.hq_abi_version() != 1 or lib.hq_group_size() != INT4_GROUP:
@@ -104,6 +106,19 @@ def set_threads(n: int) -> int:
 
 def get_threads() -> int:
     return lib().hq_get_threads()
+
+
+TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2}
+
+
+def tune(key: str, value: int = -1) -> int:
+    """Set a scheduling knob of the C++ kernels (benchmarks); returns the previous value.
+
+    prefetch_bytes: software prefetch distance (0 = off); min_split_bytes: a matrix is split
+    over threads only with at least this many bytes per thread; spin_us: how long an idle
+    worker spins before it sleeps. value < 0 only reads.
+    """
+    return int(lib().hq_tune(TUNE_KEYS[key], int(value)))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
