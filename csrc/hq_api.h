@@ -22,6 +22,8 @@ struct Gemv {
     int64_t groups;
     const char* pf_end;  // software prefetch never reaches this address (end of the row range)
     int64_t pf_dist;     // bytes to prefetch ahead of the row block being read (0: off)
+    int64_t pf_row;      // set by the row driver: per-row prefetch distance (0: linear mode)
+    int64_t pf_long;     // row blocks above this many bytes use per-row prefetch streams
 };
 
 #ifndef HQ_PF_LOCALITY
