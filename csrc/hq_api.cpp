@@ -82,17 +82,21 @@ public:
         const uint64_t g0 = gen_.load(std::memory_order_acquire);  // workers wait for the next one
         for (int i = 1; i < n_; i++) threads_.emplace_back([this, i, g0] { worker(i, g0); });
     }
+    // fn must be work-sharing (threads take chunks from shared counters until none are left),
+    // so the caller alone can finish it: it never waits for a worker that has not started
+    // (a busy core must not stall the call); it only waits for workers already inside fn.
     void run(TaskFn fn, void* ctx) {
         if (n_ == 1) { fn(ctx, 0); return; }
         fn_ = fn; ctx_ = ctx;
-        pending_.store(n_ - 1, std::memory_order_relaxed);
+        closed_.store(false, std::memory_order_seq_cst);
         {
             std::lock_guard<std::mutex> lk(mu_);
-            gen_.fetch_add(1, std::memory_order_release);
+            gen_.fetch_add(1, std::memory_order_seq_cst);
         }
         cv_.notify_all();
         fn(ctx, 0);
-        for (long spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
+        closed_.store(true, std::memory_order_seq_cst);
+        for (long spins = 0; inside_.load(std::memory_order_seq_cst) != 0; spins++) {
             if (spins < 2000) HQ_PAUSE(); else std::this_thread::yield();
         }
     }
@@ -114,8 +118,9 @@ private:
             }
             if (stop_.load(std::memory_order_acquire)) return;
             seen = g;
-            fn_(ctx_, id);
-            pending_.fetch_sub(1, std::memory_order_release);
+            inside_.fetch_add(1, std::memory_order_seq_cst);
+            if (!closed_.load(std::memory_order_seq_cst)) fn_(ctx_, id);  // else: call already done
+            inside_.fetch_sub(1, std::memory_order_seq_cst);
         }
     }
     void stop_workers() {
@@ -130,7 +135,8 @@ private:
     int n_ = 1;
     std::vector<std::thread> threads_;
     std::atomic<uint64_t> gen_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<int> inside_{0};
+    std::atomic<bool> closed_{true};
     std::atomic<bool> stop_{false};
     std::mutex mu_;
     std::condition_variable cv_;
