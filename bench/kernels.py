@@ -1,14 +1,23 @@
-"""CPU kernel benchmark at the 27B shapes, against this machine's read bandwidth and torch.
+"""CPU kernel benchmark, with COLD weights, against this machine's read bandwidth and torch.
 
     PYTHONPATH=. python bench/kernels.py [--threads N] [--json] [--reps R] [--int4-groups]
 
 Measures in one run, at one thread count: read bandwidth (torch sum over a 1 GiB fp32 buffer),
-the FFN decode (5120 -> 17408 -> 5120, gate+up fused with SiLU, then down) in bf16/int8/int4 at
-batch 1 and 4, and the fused DeltaNet decode step (48 value heads x 128x128 fp32 state). Prints
-GB/s of weight bytes (state bytes read + written for DeltaNet), the fraction of the measured
-bandwidth, and the ratio to torch's best path for the same format (F.linear bf16 / oneDNN;
-_weight_int8pack_mm; _weight_int4pack_mm_for_cpu; the torch reference DeltaNet step).
-Medians of --reps runs. Writes bench/results/kernels-<host>.json (machine description included).
+the FFN decode (gate+up fused with SiLU, then down) at the 27B shape (5120 -> 17408 -> 5120,
+batch 1 and 4) and at a small-model shape (1024 -> 3584 -> 1024), and single projections
+(2048x1024, and a 32000x1024 lm_head) in bf16/int8/int4 at batch 1, plus the fused DeltaNet
+decode step (48 value heads x 128x128 fp32 state).
+
+Weights are cold, as in decode (every CPU-resident matrix is read once per token and evicted
+before the next): each case rotates through enough independent copies of its weights to total
+at least --cold-mb (default 320 MB, 10x the 32 MB LLC of the dev machine), and one timed
+sample is one pass over all copies. Hot-cache numbers would hide prefetch and memory-level-
+parallelism problems. Prints GB/s of weight bytes (state bytes read + written for DeltaNet),
+the fraction of the measured bandwidth, and for the 27B FFN the ratio to torch's best path
+for the same format (F.linear bf16 / oneDNN; _weight_int8pack_mm; _weight_int4pack_mm_for_cpu;
+the torch reference DeltaNet step), timed the same cold way. Medians of --reps samples.
+Writes bench/results/kernels-<host>.json: machine description and one entry per thread count
+under "runs" (a run at another thread count is merged in, not overwritten).
 """
 
 from __future__ import annotations
@@ -70,33 +79,72 @@ def torch_linear_fn(w: PackedWeight):
     return lambda x: f(x.to(torch.bfloat16))
 
 
-def bench_ffn(fmt, threads, reps, bw, batches, with_numba):
+def _cold_time(fn, items, reps):
+    """Median seconds per item of one pass of fn over all items (first pass warms up code)."""
+    for it in items:
+        fn(it)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for it in items:
+            fn(it)
+        ts.append((time.perf_counter() - t) / len(items))
+    return statistics.median(ts)
+
+
+def _row(kernel, fmt, B, be, threads, shape, t, nbytes, bw, t_torch=None):
+    gbps = nbytes / t / 1e9
+    return dict(kernel=kernel, format=fmt, batch=B, backend=be, threads=threads, shape=shape,
+                ms=round(t * 1e3, 3), gbps=round(gbps, 2), bw_fraction=round(gbps / bw, 3),
+                vs_torch=None if t_torch is None else round(t_torch / t, 2),
+                torch_ms=None if t_torch is None else round(t_torch * 1e3, 3))
+
+
+def bench_ffn(fmt, threads, reps, bw, batches, with_numba, H=H, I=I, cold_bytes=320 << 20, with_torch=True):
     g = torch.Generator().manual_seed(0)
-    gate = PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)
-    up = PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)
-    down = PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)
-    nbytes = gate.nbytes + up.nbytes + down.nbytes
-    tg, tu, td = torch_linear_fn(gate), torch_linear_fn(up), torch_linear_fn(down)
 
-    def torch_ffn(x):
-        h = F.silu(tg(x).float()) * tu(x).float()
-        return td(h)
+    def make():
+        return (PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt),
+                PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt),
+                PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt))
 
+    first = make()
+    nbytes = sum(w.nbytes for w in first)
+    sets = [first] + [make() for _ in range(max(0, -(-cold_bytes // nbytes) - 1))]
+    shape = f"{H}x{I}"
     rows = []
     for B in batches:
         x = torch.randn(B, H, generator=g)
-        t_torch = timeit(lambda: torch_ffn(x), max(3, reps // 2))
-        backends = (["cpp"] if cpp.available() else []) + (["numba"] if with_numba and B == 1 else [])
-        for be in backends:
-            if be == "cpp":
-                out, hid = torch.empty(B, H), torch.empty(B, I)
-                t = timeit(lambda: cpp.ffn(x, gate, up, down, out, hid), reps)
-            else:
-                t = timeit(lambda: nk.ffn(x, gate, up, down), max(2, reps // 3))
-            gbps = nbytes / t / 1e9
-            rows.append(dict(kernel="ffn", format=fmt, batch=B, backend=be, threads=threads,
-                             ms=round(t * 1e3, 2), gbps=round(gbps, 2), bw_fraction=round(gbps / bw, 3),
-                             vs_torch=round(t_torch / t, 2), torch_ms=round(t_torch * 1e3, 2)))
+        t_torch = None
+        if with_torch:
+            fns = [tuple(torch_linear_fn(w) for w in s) for s in sets]
+
+            def torch_ffn(f):
+                return f[2](F.silu(f[0](x).float()) * f[1](x).float())
+
+            t_torch = _cold_time(torch_ffn, fns, max(3, reps // 2))
+            del fns
+        if cpp.available():
+            out, hid = torch.empty(B, H), torch.empty(B, I)
+            t = _cold_time(lambda s: cpp.ffn(x, *s, out, hid), sets, reps)
+            rows.append(_row("ffn", fmt, B, "cpp", threads, shape, t, nbytes, bw, t_torch))
+        if with_numba and B == 1:
+            t = _cold_time(lambda s: nk.ffn(x, *s), sets, max(2, reps // 3))
+            rows.append(_row("ffn", fmt, B, "numba", threads, shape, t, nbytes, bw, t_torch))
+    return rows
+
+
+def bench_linear(fmt, threads, reps, bw, out_f, in_f, kernel, cold_bytes=320 << 20):
+    g = torch.Generator().manual_seed(2)
+    first = PackedWeight.from_float(torch.randn(out_f, in_f, generator=g) * 0.02, fmt)
+    n = max(1, -(-cold_bytes // first.nbytes))
+    ws = [first] + [PackedWeight(fmt, first.data.clone(), None if first.meta is None else first.meta.clone(),
+                                 out_f, in_f) for _ in range(n - 1)]
+    x, out = torch.randn(1, in_f, generator=g), torch.empty(1, out_f)
+    rows = []
+    if cpp.available():
+        t = _cold_time(lambda w: cpp.linear(x, w, out), ws, reps)
+        rows.append(_row(kernel, fmt, 1, "cpp", threads, f"{out_f}x{in_f}", t, first.nbytes, bw))
     return rows
 
 
@@ -114,7 +162,7 @@ def bench_deltanet(threads, reps, bw, with_numba):
         f = cpp.deltanet_decode_step if be == "cpp" else nk.deltanet_decode_step
         t = timeit(lambda: f(**kw), reps * 4)
         gbps = nbytes / t / 1e9
-        rows.append(dict(kernel="deltanet_step", format="fp32", batch=1, backend=be, threads=threads,
+        rows.append(dict(kernel="deltanet_step", format="fp32", batch=1, backend=be, threads=threads, shape="48x128x128",
                          ms=round(t * 1e3, 3), gbps=round(gbps, 2), bw_fraction=round(gbps / bw, 3),
                          vs_torch=round(t_ref / t, 2), torch_ms=round(t_ref * 1e3, 3)))
     return rows
@@ -153,6 +201,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object per kernel")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--no-numba", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="skip torch's paths (vs_torch = null)")
+    ap.add_argument("--cold-mb", type=int, default=320, help="weight bytes rotated per case (>> LLC)")
     ap.add_argument("--int4-groups", action="store_true", help="print the int4 group-size table and exit")
     a = ap.parse_args(argv)
     if a.int4_groups:
@@ -162,8 +212,14 @@ def main(argv=None):
     dispatch.set_threads(a.threads)
     bw = read_bandwidth(a.reps)
     rows = []
+    cold = a.cold_mb << 20
     for fmt in ("int8", "int4", "bf16"):
-        rows += bench_ffn(fmt, a.threads, a.reps, bw, (1, 4), not a.no_numba)
+        rows += bench_ffn(fmt, a.threads, a.reps, bw, (1, 4), not a.no_numba, cold_bytes=cold,
+                          with_torch=not a.no_torch)
+        rows += bench_ffn(fmt, a.threads, a.reps, bw, (1,), False, H=1024, I=3584, cold_bytes=cold,
+                          with_torch=False)
+        rows += bench_linear(fmt, a.threads, a.reps, bw, 2048, 1024, "linear", cold)
+        rows += bench_linear(fmt, a.threads, a.reps, bw, 32000, 1024, "lm_head", cold)
     rows += bench_deltanet(a.threads, a.reps, bw, not a.no_numba)
     for r in rows:
         r["read_bw_gbps"] = round(bw, 2)
@@ -172,14 +228,23 @@ def main(argv=None):
             print(json.dumps(r))
     else:
         print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s   [{machine()['cpp_isa']}]")
-        print(f"{'kernel':14} {'fmt':5} {'B':>2} {'backend':7} {'ms':>8} {'GB/s':>7} {'of bw':>6} {'vs torch':>8}")
+        print(f"{'kernel':14} {'shape':12} {'fmt':5} {'B':>2} {'backend':7} {'ms':>8} {'GB/s':>7} {'of bw':>6} {'vs torch':>8}")
         for r in rows:
-            print(f"{r['kernel']:14} {r['format']:5} {r['batch']:>2} {r['backend']:7} {r['ms']:>8} "
-                  f"{r['gbps']:>7} {r['bw_fraction']:>6.0%} {r['vs_torch']:>7}x")
+            vt = "" if r["vs_torch"] is None else f"{r['vs_torch']}x"
+            print(f"{r['kernel']:14} {r.get('shape', ''):12} {r['format']:5} {r['batch']:>2} {r['backend']:7} "
+                  f"{r['ms']:>8} {r['gbps']:>7} {r['bw_fraction']:>6.0%} {vt:>8}")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", f"kernels-{socket.gethostname()}.json")
+    runs = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                runs = json.load(f).get("runs", {})
+        except (OSError, ValueError):
+            runs = {}
+    runs[str(a.threads)] = dict(read_bw_gbps=round(bw, 2), cold_mb=a.cold_mb, results=rows)
     with open(path, "w") as f:
-        json.dump(dict(machine=machine(), threads=a.threads, read_bw_gbps=round(bw, 2), results=rows), f, indent=1)
+        json.dump(dict(machine=machine(), runs=runs), f, indent=1)
     return 0
 
 

@@ -4,6 +4,7 @@
 #include "hq_api.h"
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -61,6 +62,12 @@ const HqIsa* isa() {
 // n-1 workers plus the calling thread. Workers spin briefly on a generation counter (a decode
 // step issues dispatches back to back), then sleep on a condition variable.
 typedef void (*TaskFn)(void* ctx, int tid);
+int64_t g_spin_us = 500;  // worker spin before sleeping, microseconds (hq_tune 2)
+
+inline int64_t now_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 class Pool {
 public:
@@ -75,17 +82,21 @@ public:
         const uint64_t g0 = gen_.load(std::memory_order_acquire);  // workers wait for the next one
         for (int i = 1; i < n_; i++) threads_.emplace_back([this, i, g0] { worker(i, g0); });
     }
+    // fn must be work-sharing (threads take chunks from shared counters until none are left),
+    // so the caller alone can finish it: it never waits for a worker that has not started
+    // (a busy core must not stall the call); it only waits for workers already inside fn.
     void run(TaskFn fn, void* ctx) {
         if (n_ == 1) { fn(ctx, 0); return; }
         fn_ = fn; ctx_ = ctx;
-        pending_.store(n_ - 1, std::memory_order_relaxed);
+        closed_.store(false, std::memory_order_seq_cst);
         {
             std::lock_guard<std::mutex> lk(mu_);
-            gen_.fetch_add(1, std::memory_order_release);
+            gen_.fetch_add(1, std::memory_order_seq_cst);
         }
         cv_.notify_all();
         fn(ctx, 0);
-        for (long spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
+        closed_.store(true, std::memory_order_seq_cst);
+        for (long spins = 0; inside_.load(std::memory_order_seq_cst) != 0; spins++) {
             if (spins < 2000) HQ_PAUSE(); else std::this_thread::yield();
         }
     }
@@ -94,18 +105,22 @@ private:
     void worker(int id, uint64_t seen) {
         for (;;) {
             uint64_t g;
+            // spin (a decode step issues kernels back to back), then sleep
             long spins = 0;
+            int64_t t0 = now_us();
             while ((g = gen_.load(std::memory_order_acquire)) == seen) {
                 if (stop_.load(std::memory_order_acquire)) return;
-                if (++spins < 2000) { HQ_PAUSE(); continue; }
+                HQ_PAUSE();
+                if ((++spins & 63) || now_us() - t0 < g_spin_us) continue;
                 std::unique_lock<std::mutex> lk(mu_);
                 cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen || stop_.load(); });
-                spins = 0;
+                t0 = now_us();
             }
             if (stop_.load(std::memory_order_acquire)) return;
             seen = g;
-            fn_(ctx_, id);
-            pending_.fetch_sub(1, std::memory_order_release);
+            inside_.fetch_add(1, std::memory_order_seq_cst);
+            if (!closed_.load(std::memory_order_seq_cst)) fn_(ctx_, id);  // else: call already done
+            inside_.fetch_sub(1, std::memory_order_seq_cst);
         }
     }
     void stop_workers() {
@@ -120,7 +135,8 @@ private:
     int n_ = 1;
     std::vector<std::thread> threads_;
     std::atomic<uint64_t> gen_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<int> inside_{0};
+    std::atomic<bool> closed_{true};
     std::atomic<bool> stop_{false};
     std::mutex mu_;
     std::condition_variable cv_;
@@ -136,36 +152,92 @@ Pool& pool() {
 std::mutex g_call_mu;  // one kernel call at a time (ctypes releases the GIL)
 
 // --------------------------------------------------------------------- rows over the pool
-struct RowsTask {
-    Gemv g;
-    int64_t rows, chunk;
-    float* y;
-    int64_t ldy;
+// Each thread streams one contiguous block of rows (equal bytes per thread): interleaved rows
+// would defeat the hardware prefetcher and our linear software prefetch. A block is consumed
+// front to back in a few chunks through its own atomic counter, so a thread that finishes early
+// (or a worker that wakes late) takes the remaining chunks of the other blocks. Matrices below
+// g_min_split bytes per thread run on fewer threads (no wake-up for tiny ones).
+int64_t g_pf_dist = 8192;            // software prefetch distance, bytes (hq_tune 0)
+int64_t g_min_split = 256 * 1024;    // bytes per thread below which a matrix is not split (hq_tune 1)
+int64_t g_pf_long = 16384;           // row blocks above this use per-row prefetch streams (hq_tune 3)
+
+constexpr int MAXT = 64;
+struct alignas(64) Range {
     std::atomic<int64_t> next{0};
+    int64_t hi = 0, chunk = 0;
 };
 
-void rows_task(void* ctx, int) {
-    RowsTask* t = (RowsTask*)ctx;
-    const HqIsa* is = isa();
-    for (;;) {
-        int64_t r0 = t->next.fetch_add(t->chunk, std::memory_order_relaxed);
-        if (r0 >= t->rows) break;
-        int64_t r1 = r0 + t->chunk < t->rows ? r0 + t->chunk : t->rows;
-        is->rows(t->g, r0, r1, t->y, t->ldy);
+struct Split {
+    int n = 1;
+    Range r[MAXT];
+    void init(int64_t rows, int64_t bytes_per_row, int threads) {
+        int64_t total = rows * bytes_per_row;
+        int64_t want = total / (g_min_split > 0 ? g_min_split : 1);
+        n = (int)(want < threads ? (want < 1 ? 1 : want) : threads);
+        if (n > MAXT) n = MAXT;
+        int64_t per = (rows + n - 1) / n;
+        per = (per + 7) / 8 * 8;  // whole 8-row blocks per thread
+        for (int i = 0; i < n; i++) {
+            int64_t lo = i * per < rows ? i * per : rows, hi = lo + per < rows ? lo + per : rows;
+            r[i].next.store(lo, std::memory_order_relaxed);
+            r[i].hi = hi;
+            int64_t c = (hi - lo + 3) / 4;  // 4 chunks per block
+            c = (c + 7) / 8 * 8;
+            r[i].chunk = c < 16 ? 16 : c;
+        }
     }
+    // next chunk for thread tid: its own block first, then the others'. False when all done.
+    bool grab(int tid, int64_t& r0, int64_t& r1, int64_t& hi) {
+        for (int j = 0; j < n; j++) {
+            Range& R = r[(tid + j) % n];
+            if (R.next.load(std::memory_order_relaxed) >= R.hi) continue;
+            int64_t a = R.next.fetch_add(R.chunk, std::memory_order_relaxed);
+            if (a >= R.hi) continue;
+            r0 = a; r1 = a + R.chunk < R.hi ? a + R.chunk : R.hi; hi = R.hi;
+            return true;
+        }
+        return false;
+    }
+};
+
+int64_t row_bytes(const Gemv& g) {
+    return g.fmt == HQ_BF16 ? 2 * g.in : g.fmt == HQ_INT8 ? g.in : g.groups * (HQ_G / 2);
 }
 
-int64_t chunk_for(int64_t rows) {
-    // ~16 chunks per thread balances a busy core; multiple of 4 rows (the B=1 row block)
-    int64_t c = rows / (16 * pool().size());
-    c = (c + 3) / 4 * 4;
-    return c < 4 ? 4 : c;
+// Rows [r0, r1) of g into y, prefetching up to row `hi` (the end of the block).
+void rows_range(const Gemv& g0, int64_t r0, int64_t r1, int64_t hi, float* y, int64_t ldy) {
+    Gemv g = g0;
+    g.pf_end = (const char*)g.w + hi * row_bytes(g);
+    g.pf_dist = g_pf_dist;
+    g.pf_long = g_pf_long;
+    isa()->rows(g, r0, r1, y, ldy);
 }
+
+struct RowsTask {
+    Gemv g;
+    float* y;
+    int64_t ldy;
+    Split split;
+};
+
+void rows_task(void* ctx, int tid) {
+    RowsTask* t = (RowsTask*)ctx;
+    int64_t r0, r1, hi;
+    while (t->split.grab(tid, r0, r1, hi)) rows_range(t->g, r0, r1, hi, t->y, t->ldy);
+}
+
+void run_split(TaskFn fn, void* ctx, int n) {
+    if (n <= 1) fn(ctx, 0);
+    else pool().run(fn, ctx);
+}
+
+RowsTask g_rows_task;  // calls are serialized by g_call_mu
 
 void run_rows(const Gemv& g, int64_t rows, float* y, int64_t ldy) {
-    RowsTask t;
-    t.g = g; t.rows = rows; t.chunk = chunk_for(rows); t.y = y; t.ldy = ldy;
-    pool().run(rows_task, &t);
+    RowsTask& t = g_rows_task;
+    t.g = g; t.y = y; t.ldy = ldy;
+    t.split.init(rows, row_bytes(g), pool().size());
+    run_split(rows_task, &t, t.split.n);
 }
 
 // ------------------------------------------------------------- activation preparation
@@ -212,45 +284,32 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
 }
 
 // ------------------------------------------------------------------------------ FFN task
+// Per chunk of hidden rows: gate rows into h, up rows into u, then h = silu(h) * u there.
 struct FfnTask {
     Gemv gate, up;
-    int64_t I, chunk;
-    float* h;  // [B, I]
-    std::atomic<int64_t> next{0};
+    int64_t I;
+    float *h, *u;  // [B, I]
+    Split split;
 };
 
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
-void ffn_gate_up_task(void* ctx, int) {
+void ffn_gate_up_task(void* ctx, int tid) {
     FfnTask* t = (FfnTask*)ctx;
-    const HqIsa* is = isa();
     const int B = t->gate.B;
-    float tmp[2][8 * 64];  // chunk <= 64 rows, B <= 8 per sub-call
-    for (;;) {
-        int64_t r0 = t->next.fetch_add(t->chunk, std::memory_order_relaxed);
-        if (r0 >= t->I) break;
-        int64_t r1 = r0 + t->chunk < t->I ? r0 + t->chunk : t->I;
-        const int64_t n = r1 - r0;
-        // rows [r0,r1) of gate then up into small [B, n] tiles (ldy = n, shifted by r0)
-        for (int b0 = 0; b0 < B; b0 += 8) {
-            int nb = B - b0 < 8 ? B - b0 : 8;
-            Gemv g = t->gate, u = t->up;
-            g.B = u.B = nb;
-            g.x = u.x = t->gate.x + b0 * g.in;
-            if (g.xe) { g.xe = u.xe = t->gate.xe + b0 * (g.in / 2); g.xo = u.xo = t->gate.xo + b0 * (g.in / 2); }
-            if (g.xq) {
-                g.xq = u.xq = t->gate.xq + b0 * g.groups * HQ_G;
-                g.xs = u.xs = t->gate.xs + b0 * g.groups;
-                g.xsum = u.xsum = t->gate.xsum + b0 * g.groups;
-            }
-            is->rows(g, r0, r1, tmp[0] - r0, n);
-            is->rows(u, r0, r1, tmp[1] - r0, n);
-            for (int b = 0; b < nb; b++)
-                for (int64_t i = 0; i < n; i++)
-                    t->h[(b0 + b) * t->I + r0 + i] = silu(tmp[0][b * n + i]) * tmp[1][b * n + i];
+    int64_t r0, r1, hi;
+    while (t->split.grab(tid, r0, r1, hi)) {
+        rows_range(t->gate, r0, r1, hi, t->h, t->I);
+        rows_range(t->up, r0, r1, hi, t->u, t->I);
+        for (int b = 0; b < B; b++) {
+            float* hb = t->h + b * t->I;
+            const float* ub = t->u + b * t->I;
+            for (int64_t i = r0; i < r1; i++) hb[i] = silu(hb[i]) * ub[i];
         }
     }
 }
+FfnTask g_ffn_task;
+std::vector<float> g_up;
 
 // ------------------------------------------------------------------------- DeltaNet task
 struct DnTask {
@@ -343,6 +402,17 @@ int hq_set_threads(int n) {
 }
 int hq_get_threads() { return pool().size(); }
 
+// Tuning knobs for benchmarks: 0 prefetch distance (bytes, 0 = off), 1 min bytes per thread
+// before a matrix is split, 2 worker spin before sleeping (microseconds). Returns the old value.
+int64_t hq_tune(int key, int64_t value) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long : nullptr;
+    if (!p) return -1;
+    int64_t old = *p;
+    if (value >= 0) *p = value;
+    return old;
+}
+
 // y[B, out] = x[B, in] @ W^T (W in format fmt). Returns 0.
 int hq_linear(int fmt, const void* w, const void* meta, int64_t out, int64_t in, const float* x,
               int B, float* y) {
@@ -358,14 +428,14 @@ int hq_linear(int fmt, const void* w, const void* meta, int64_t out, int64_t in,
 int hq_ffn(int fmt, const void* gw, const void* gm, const void* uw, const void* um, const void* dw,
            const void* dm, int64_t H, int64_t I, const float* x, int B, float* h, float* y) {
     std::lock_guard<std::mutex> lk(g_call_mu);
-    FfnTask t;
+    FfnTask& t = g_ffn_task;
     prepare(t.gate, fmt, x, B, H, g_prep[0]);
     t.up = t.gate;
     t.gate.w = gw; t.gate.meta = gm; t.up.w = uw; t.up.meta = um;
-    t.I = I; t.h = h;
-    int64_t c = chunk_for(I);
-    t.chunk = c > 64 ? 64 : c;
-    pool().run(ffn_gate_up_task, &t);
+    if (g_up.size() < (size_t)B * I) g_up.resize((size_t)B * I);
+    t.I = I; t.h = h; t.u = g_up.data();
+    t.split.init(I, 2 * row_bytes(t.gate), pool().size());
+    run_split(ffn_gate_up_task, &t, t.split.n);
     Gemv d;
     prepare(d, fmt, h, B, I, g_prep[1]);
     d.w = dw; d.meta = dm;

@@ -20,7 +20,15 @@ struct Gemv {
     const float* xs;    // int4: [B, groups] activation scales
     const float* xsum;  // int4: [B, groups] xs * sum(xq): group sums of dequantized x
     int64_t groups;
+    const char* pf_end;  // software prefetch never reaches this address (end of the row range)
+    int64_t pf_dist;     // bytes to prefetch ahead of the row block being read (0: off)
+    int64_t pf_row;      // set by the row driver: per-row prefetch distance (0: linear mode)
+    int64_t pf_long;     // row blocks above this many bytes use per-row prefetch streams
 };
+
+#ifndef HQ_PF_LOCALITY
+#define HQ_PF_LOCALITY 3  // __builtin_prefetch locality: 3 = prefetcht0
+#endif
 
 struct HqIsa {
     const char* name;

@@ -6,17 +6,45 @@
 
 namespace {
 
+// ------------------------------------------------------------------------------- prefetch
+// Lines [p, p + n) into the cache (n rounded up to whole lines), never at or past lim.
+static inline void pf_lines(const char* p, int64_t n, const char* lim) {
+    for (int64_t o = 0; o < n; o += 64)
+        if (p + o < lim) __builtin_prefetch(p + o, 0, HQ_PF_LOCALITY);
+}
+// Per kernel step: the lines starting in [off, off + n) of the prefetch stream at pf.
+static inline void pf_step(const char* pf, int64_t off, int64_t n, const char* lim) {
+    if (n >= 64) pf_lines(pf + off, n, lim);
+    else if ((off & 63) < n) pf_lines(pf + (off & ~(int64_t)63), 64, lim);
+}
+// Long rows (g.pf_row > 0): each of the R rows of a block is its own stream, prefetched
+// g.pf_row bytes ahead of offset kb; past the row's end the stream continues in the same row
+// slot of the next block (base + R * rb), which is the row this slot reads next.
+template <int R>
+static inline void pf_rows(const char* w, int64_t r, int64_t rb, int64_t kb, int64_t n, const Gemv& g) {
+    const int64_t t = kb + g.pf_row;
+    for (int i = 0; i < R; i++) {
+        const char* base = w + (r + i) * rb + (t < rb ? 0 : (R - 1) * rb);
+        pf_step(base, t, n, g.pf_end);
+    }
+}
+static inline int64_t row_bytes(const Gemv& g) {
+    return g.fmt == HQ_BF16 ? 2 * g.in : g.fmt == HQ_INT8 ? g.in : g.groups * (HQ_G / 2);
+}
+
 // ----------------------------------------------------------------------------------- bf16
 // Weight word i of a row holds inputs 2i (low half) and 2i+1 (high half); the caller passes x
 // split into xe = x[0::2] and xo = x[1::2], so a 16-bit shift / mask gives fp32 weights that
 // line up with xe / xo without any shuffle.
 template <int R, int NB>
-static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
+static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
     const int64_t in = g.in, half = in / 2, nvec = half / W * W;
     const uint16_t* w = (const uint16_t*)g.w;
     vf acc[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
+        if (g.pf_row) pf_rows<R>((const char*)g.w, r, 2 * in, 4 * k, 4 * W, g);  // 4W bytes per row per step
+        else pf_step(pf, R * 4 * k, R * 4 * W, g.pf_end);
         vf lo[R], hi[R];
         for (int i = 0; i < R; i++) vload_bf16x2(w + (r + i) * in + 2 * k, lo[i], hi[i]);
         for (int b = 0; b < NB; b++) {
@@ -38,13 +66,15 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
 // ----------------------------------------------------------------------------------- int8
 // fp32 activations, int8 weights widened to fp32 and FMA'd; one fp32 scale per row at the end.
 template <int R, int NB>
-static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
+static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
     const int64_t in = g.in, nvec = in / W * W;
     const int8_t* w = (const int8_t*)g.w;
     const float* scale = (const float*)g.meta;
     vf acc[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
+        if (g.pf_row) pf_rows<R>((const char*)g.w, r, in, k, W, g);
+        else pf_step(pf, R * k, R * W, g.pf_end);
         vf wv[R];
         for (int i = 0; i < R; i++) wv[i] = vload_i8(w + (r + i) * in + k);
         for (int b = 0; b < NB; b++) {
@@ -90,7 +120,7 @@ static inline float hsum256(__m256 a) {
 #endif
 
 template <int R, int NB>
-static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
+static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
     const int64_t in = g.in, ng = g.groups, full = in / HQ_G, rowb = ng * (HQ_G / 2);
     const uint8_t* w = (const uint8_t*)g.w;
     const uint16_t* meta = (const uint16_t*)g.meta;
@@ -103,9 +133,10 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
     for (int64_t q = 0; q < full; q++) {
         __m256i lo[R], hi[R];
         float sc[R], mo[R];
+        if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
-            _mm_prefetch((const char*)(p + 512), _MM_HINT_T0);
             __m256i v = _mm256_loadu_si256((const __m256i*)p);
             lo[i] = _mm256_and_si256(v, m0f);
             hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
@@ -126,6 +157,8 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
     float acc[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = 0.f;
     for (int64_t q = 0; q < full; q++) {
+        if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
             const uint16_t* m = meta + ((r + i) * ng + q) * 2;
@@ -170,11 +203,26 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy) {
 // registers (16 ymm on AVX2).
 template <template <int, int> class K>
 struct RowsDriver {
+    // Software prefetch: while block [r, r+R) is processed, the block M blocks ahead is
+    // prefetched linearly at the same pace (a block is R contiguous rows), M chosen so that
+    // about g.pf_dist bytes are in flight; limited to g.pf_end (end of this thread's range).
     template <int NB, int R>
     static void run_nb(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+        const int64_t rb = row_bytes(g), blk = R * rb;
+        int64_t M = g.pf_dist <= 0 ? 0 : (g.pf_dist + blk - 1) / blk;
+        Gemv gr = g;  // long rows: per-row streams (see pf_rows)
+        gr.pf_row = R > 1 && g.pf_dist > 0 && g.pf_dist / R < rb && blk > g.pf_long ? g.pf_dist / R : 0;
+        if (gr.pf_row) M = 1;
+        const char* w = (const char*)g.w;
+        if (M) {  // warm-up: the blocks the loop below will not prefetch
+            int64_t n = M * blk < g.pf_dist ? M * blk : g.pf_dist;
+            pf_lines(w + r0 * rb, n, g.pf_end);
+        }
+        const char* none = (const char*)g.pf_end;  // a stream at the limit prefetches nothing
         int64_t r = r0;
-        for (; r + R <= r1; r += R) K<R, NB>::call(g, r, y, ldy);
-        for (; r < r1; r++) K<1, NB>::call(g, r, y, ldy);
+        for (; r + R <= r1; r += R) K<R, NB>::call(gr, r, y, ldy, M ? w + (r + M * R) * rb : none);
+        gr.pf_row = 0;
+        for (; r < r1; r++) K<1, NB>::call(gr, r, y, ldy, none);
     }
     static void run(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
         // tokens in chunks of <= 8; each chunk reads the weights once
@@ -187,7 +235,7 @@ struct RowsDriver {
             if (g.xq) { c.xq = g.xq + b0 * g.groups * HQ_G; c.xs = g.xs + b0 * g.groups; c.xsum = g.xsum + b0 * g.groups; }
             float* yc = y + b0 * ldy;
             switch (nb) {
-                case 1: run_nb<1, 4>(c, r0, r1, yc, ldy); break;
+                case 1: run_nb<1, K<1, 1>::R1>(c, r0, r1, yc, ldy); break;
                 case 2: run_nb<2, 2>(c, r0, r1, yc, ldy); break;
                 case 3: run_nb<3, 2>(c, r0, r1, yc, ldy); break;
                 case 4: run_nb<4, 2>(c, r0, r1, yc, ldy); break;
@@ -199,9 +247,12 @@ struct RowsDriver {
         }
     }
 };
-template <int R, int NB> struct Bf16K { static void call(const Gemv& g, int64_t r, float* y, int64_t l) { bf16_block<R, NB>(g, r, y, l); } };
-template <int R, int NB> struct Int8K { static void call(const Gemv& g, int64_t r, float* y, int64_t l) { int8_block<R, NB>(g, r, y, l); } };
-template <int R, int NB> struct Int4K { static void call(const Gemv& g, int64_t r, float* y, int64_t l) { int4_block<R, NB>(g, r, y, l); } };
+// R1: rows per block at batch 1. 8 on AVX-512 for bf16/int8 halves the fp32 activation reads
+// per weight byte (the down projection's 70 KB activation vector does not fit in L1); int4
+// keeps 4 (its per-group scalar work spills with 8).
+template <int R, int NB> struct Bf16K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static constexpr int R1 = 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 
 static void rows_any(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
     if (g.fmt == HQ_BF16) RowsDriver<Bf16K>::run(g, r0, r1, y, ldy);

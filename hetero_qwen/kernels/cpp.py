@@ -29,9 +29,10 @@ LIB_DIR = os.path.dirname(__file__)
 
 
 def _load(libdir: str | None = None):
-    global _lib, _err, _tried
+    global _lib, _err, _tried, _lib_linear, _lib_ffn
     _tried = True
     _lib, _err = None, None
+    _lib_linear, _lib_ffn = _no_lib, _no_lib
     if os.environ.get("HETERO_QWEN_NO_CPP"):
         _err = BUILD_HINT + " (disabled by HETERO_QWEN_NO_CPP)"
         return
@@ -50,12 +51,22 @@ def _load(libdir: str | None = None):
     lib.hq_ffn.argtypes = [I, P, P, P, P, P, P, L, L, P, I, P, P]
     lib.hq_deltanet_step.argtypes = [I, L, I, I, P, P, P, P, P, P, P, I, I, L, L, P, P]
     lib.hq_set_threads.argtypes = [I]
+    lib.hq_tune.argtypes = [I, L]
+    lib.hq_tune.restype = L
     lib.hq_force_isa.argtypes = [I]
     lib.hq_isa_supported.argtypes = [I]
     if lib.hq_abi_version() != 1 or lib.hq_group_size() != INT4_GROUP:
         _err = f"{BUILD_HINT} (stale build: ABI/group size mismatch in {paths[0]})"
         return
     _lib = lib
+    _lib_linear, _lib_ffn = lib.hq_linear, lib.hq_ffn  # bound once: no attribute lookups per call
+
+
+def _no_lib(*args):
+    raise RuntimeError(load_error())
+
+
+_lib_linear = _lib_ffn = _no_lib
 
 
 def reload(libdir: str | None = None) -> bool:
@@ -106,12 +117,27 @@ def get_threads() -> int:
     return lib().hq_get_threads()
 
 
+TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2, "prefetch_long_block": 3}
+
+
+def tune(key: str, value: int = -1) -> int:
+    """Set a scheduling knob of the C++ kernels (benchmarks); returns the previous value.
+
+    prefetch_bytes: software prefetch distance (0 = off); min_split_bytes: a matrix is split
+    over threads only with at least this many bytes per thread; spin_us: how long an idle
+    worker spins before it sleeps; prefetch_long_block: row blocks (4 rows at batch 1) larger
+    than this are prefetched as one stream per row instead of one linear stream. value < 0
+    only reads.
+    """
+    return int(lib().hq_tune(TUNE_KEYS[key], int(value)))
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
 def _check(t: torch.Tensor, name: str, dtype: torch.dtype, shape: tuple) -> None:
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape) or not t.is_contiguous() or t.device.type != "cpu":
+    if t.dtype != dtype or t.shape != shape or not t.is_contiguous() or t.device.type != "cpu":
         raise ValueError(f"{name}: expected contiguous cpu {dtype} {tuple(shape)}, got "
                          f"{t.device.type} {t.dtype} {tuple(t.shape)} contiguous={t.is_contiguous()}")
 
@@ -131,22 +157,42 @@ def _check_weight(w: PackedWeight, name: str) -> None:
         raise ValueError(f"{name}: C++ kernels support bf16, int8, int4, not {w.fmt!r}")
 
 
+def _weight_args(w: PackedWeight, name: str) -> tuple:
+    """(format code, data pointer, meta pointer) of a validated weight, cached on the weight.
+
+    Decode makes ~50 kernel calls per token, so the per-call path checks only the activations;
+    the cache is keyed by the tensors' identity and pointers, so replacing or reallocating
+    w.data / w.meta re-validates.
+    """
+    key = (id(w.data), id(w.meta), w.data.data_ptr(), w.fmt)
+    c = getattr(w, "_cpp_args", None)
+    if c is None or c[0] != key:
+        _check_weight(w, name)
+        c = (key, (FMT_CODE[w.fmt], w.data.data_ptr(), _ptr(w.meta)))
+        w._cpp_args = c
+    return c[1]
+
+
 def linear(x: torch.Tensor, w: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [B, in] fp32 contiguous -> out [B, out] fp32."""
+    if _lib is None:
+        lib()  # loads, or raises the build hint
     B = x.shape[0]
     _check(x, "x", torch.float32, (B, w.in_features))
-    _check_weight(w, "w")
+    fmt, wp, mp = _weight_args(w, "w")
     if out is None:
         out = torch.empty(B, w.out_features, dtype=torch.float32)
-    _check(out, "out", torch.float32, (B, w.out_features))
-    lib().hq_linear(FMT_CODE[w.fmt], _ptr(w.data), _ptr(w.meta), w.out_features, w.in_features,
-                    _ptr(x), B, _ptr(out))
+    else:
+        _check(out, "out", torch.float32, (B, w.out_features))
+    _lib_linear(fmt, wp, mp, w.out_features, w.in_features, x.data_ptr(), B, out.data_ptr())
     return out
 
 
 def ffn(x: torch.Tensor, gate: PackedWeight, up: PackedWeight, down: PackedWeight,
         out: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
     """x [B, H] fp32 -> out [B, H] fp32; hidden [B, I] fp32 scratch (allocated if None)."""
+    if _lib is None:
+        lib()
     B, H = x.shape
     I = gate.out_features
     if not (gate.fmt == up.fmt == down.fmt):
@@ -154,16 +200,18 @@ def ffn(x: torch.Tensor, gate: PackedWeight, up: PackedWeight, down: PackedWeigh
     if (gate.in_features, up.out_features, up.in_features, down.out_features, down.in_features) != (H, I, H, H, I):
         raise ValueError("gate/up [I, H] and down [H, I] shapes do not match x")
     _check(x, "x", torch.float32, (B, H))
-    for w, n in ((gate, "gate"), (up, "up"), (down, "down")):
-        _check_weight(w, n)
+    fmt, gp, gm = _weight_args(gate, "gate")
+    _, upp, um = _weight_args(up, "up")
+    _, dp, dm = _weight_args(down, "down")
     if out is None:
         out = torch.empty(B, H, dtype=torch.float32)
+    else:
+        _check(out, "out", torch.float32, (B, H))
     if hidden is None:
         hidden = torch.empty(B, I, dtype=torch.float32)
-    _check(out, "out", torch.float32, (B, H))
-    _check(hidden, "hidden", torch.float32, (B, I))
-    lib().hq_ffn(FMT_CODE[gate.fmt], _ptr(gate.data), _ptr(gate.meta), _ptr(up.data), _ptr(up.meta),
-                 _ptr(down.data), _ptr(down.meta), H, I, _ptr(x), B, _ptr(hidden), _ptr(out))
+    else:
+        _check(hidden, "hidden", torch.float32, (B, I))
+    _lib_ffn(fmt, gp, gm, upp, um, dp, dm, H, I, x.data_ptr(), B, hidden.data_ptr(), out.data_ptr())
     return out
 
 
