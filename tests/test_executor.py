@@ -2,7 +2,6 @@
 within budgets and predictions, moving exactly the bytes it says, overlapping streamed copies."""
 
 import pytest
-import torch
 
 import hetero_qwen
 from hetero_qwen.executor.devices import BudgetExceeded

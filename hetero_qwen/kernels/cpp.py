@@ -45,7 +45,7 @@ def _load(libdir: str | None = None):
     except OSError as e:
         _err = f"{BUILD_HINT} ({paths[0]} failed to load: {e})"
         return
-    P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.hq_isa_name.restype = ctypes.c_char_p
     lib.hq_linear.argtypes = [I, P, P, L, L, P, I, P]
     lib.hq_ffn.argtypes = [I, P, P, P, P, P, P, L, L, P, I, P, P]

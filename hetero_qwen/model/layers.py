@@ -113,7 +113,7 @@ class GatedDeltaNet:
     def __call__(self, x: torch.Tensor, cache: DeltaNetCache) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
-        Hk, Hv, Dk, Dv = cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        Hv, Dv = cfg.linear_num_value_heads, cfg.linear_value_head_dim
         qkv = self.in_proj_qkv(x)                      # [B, T, conv_dim]
         z = self.in_proj_z(x).view(B, T, Hv, Dv)
         b, a = self.in_proj_b(x), self.in_proj_a(x)    # [B, T, Hv]
