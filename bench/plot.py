@@ -68,22 +68,26 @@ def main() -> None:
 
     for k in sorted(RESULTS.glob("kernels-*.json")):
         d = json.loads(k.read_text())
-        rows = [r for r in d["results"] if r.get("batch", 1) == 1 and r.get("bw_fraction") is not None]
-        if not rows:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 3.4))
-        labels = [f"{r['kernel']}\n{r['format']}" for r in rows]
-        ax.bar(range(len(rows)), [100 * r["bw_fraction"] for r in rows])
-        ax.axhline(100, color="k", lw=0.8)
-        ax.axhline(80, color="r", lw=0.8, ls="--", label="target 80%")
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_ylabel("% of measured read bandwidth")
-        ax.set_title(f"CPU kernels, batch 1, {d.get('threads')} threads ({k.stem})")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out = RESULTS / f"{k.stem}.png"
-        fig.savefig(out, dpi=110)
-        made.append(out.name)
+        runs = d.get("runs") or {str(d.get("threads")): d}  # one entry per thread count
+        fig, ax = plt.subplots(figsize=(9, 3.6))
+        width = 0.8 / max(len(runs), 1)
+        labels = None
+        for j, (threads, run) in enumerate(sorted(runs.items())):
+            rows = [r for r in run["results"] if r.get("batch", 1) == 1 and r.get("backend", "cpp") == "cpp"]
+            labels = labels or [f"{r['kernel']}\n{r.get('shape', '')}\n{r['format']}" for r in rows]
+            ax.bar([i + j * width for i in range(len(rows))], [100 * r["bw_fraction"] for r in rows], width,
+                   label=f"{threads} thread{'s' if threads != '1' else ''}")
+        if labels:
+            ax.axhline(80, color="r", lw=0.8, ls="--", label="target 80% (bf16: 75%)")
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize=6)
+            ax.set_ylabel("% of measured read bandwidth")
+            ax.set_title("CPU kernels, batch 1, cold weights (bench/kernels.py)")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            out = RESULTS / f"{k.stem}.png"
+            fig.savefig(out, dpi=110)
+            made.append(out.name)
+
     print("wrote " + ", ".join(made) if made else "no results to plot")
 
 
