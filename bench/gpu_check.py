@@ -42,30 +42,42 @@ def cap_vram(nbytes: int) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), 0)
 
 
-def equivalence(results: dict) -> None:
+def equivalence(results: dict, simulate: bool = False) -> None:
+    """Every policy at several budgets against transformers (fp32, tiny model), in prefill
+    (64-token chunks, streamed blocks included) and in decode."""
     import hetero_qwen
     from hf_models import hf_logits, make_hf_model, save_hf_model
     hf = make_hf_model("causal", seed=0)
-    ids = [(7 * i + 3) % 300 + 1 for i in range(200)]
+    ids = [(7 * i + 3) % 300 + 1 for i in range(150)]
     ref = hf_logits(hf, ids)
+    slow_cpu = {"cpu": "1GB/s", "gpu": "100GB/s", "pcie": "10GB/s"}  # so `auto` uses the GPU
+    cases = [("layers", "700KB", {}), ("layers", "1MB", {}), ("layers", "64MB", {}), ("ffn-cpu", "64MB", {}),
+             ("ffn-cpu", "64MB", {"prefill": {"chunk": 64, "stream": "on"}}),
+             ("auto", "900KB", {"bandwidth": slow_cpu}),
+             ("auto", "900KB", {"bandwidth": slow_cpu, "prefill": {"chunk": 64, "stream": "on"}})]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         save_hf_model(hf, Path(d))
-        for policy in ("layers", "ffn-cpu", "auto"):
-            for vram in ("400KB", "1MB", "8MB"):
-                prof = {"gpu": {"vram": vram}, "cpu": {"ram": "8GiB", "threads": 4}, "context": 512,
-                        "policy": policy, "weights": {"gpu_dtype": "fp32", "cpu_dtype": "fp32"},
-                        "prefill": {"stream": "on"}}
-                row = {"policy": policy, "vram": vram}
-                try:
-                    eng = hetero_qwen.load(d, profile=prof, quiet=True)
-                    out = eng.logits(ids)
-                    row["rel_err"] = float((out - ref).abs().max() / ref.abs().max())
-                    row["ok"] = row["rel_err"] < 1e-4
-                except Exception as e:  # an infeasible tiny budget is a valid outcome, recorded
-                    row["error"] = f"{type(e).__name__}: {e}"
-                rows.append(row)
-                print("equivalence", row, flush=True)
+        for policy, vram, extra in cases:
+            prof = {"gpu": {"vram": vram, "reserve": "0MiB"}, "cpu": {"ram": "1GiB", "threads": 4, "reserve": "0MiB"},
+                    "context": 256, "policy": policy, "prefill": {"chunk": 64},
+                    "workload": {"prompt_tokens": 128, "output_tokens": 64}, **extra}
+            row = {"policy": policy, "vram": vram, **extra}
+            try:
+                eng = hetero_qwen.load(d, profile=prof, quiet=True, simulate_gpu=simulate)
+                row["homes"] = "".join(g.home[0] for g in eng.plan.groups)
+                row["prefill_rel_err"] = float((eng.logits(ids) - ref).abs().max() / ref.abs().max())
+                s = eng.session()
+                s.feed(ids[:100])
+                row["decode_rel_err"] = max(float((s.feed([ids[i]])[-1] - ref[i]).abs().max() / ref.abs().max())
+                                            for i in range(100, 110))
+                row["streamed_bytes"] = eng.devices.traffic.streamed
+                row["ok"] = row["prefill_rel_err"] < 1e-4 and row["decode_rel_err"] < 1e-4
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+            rows.append(row)
+            print("equivalence", row, flush=True)
     results["equivalence"] = rows
 
 
@@ -187,10 +199,17 @@ def main() -> None:
     ap.add_argument("--pcie-bw", default="50GB/s")
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--simulate", action="store_true",
+                    help="check this script without CUDA: equivalence only, GPU tier simulated")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "gpu_check.json"))
     args = ap.parse_args()
+    if args.simulate:
+        results = {"machine": {"gpu": "simulated", "host": platform.node(), "torch": torch.__version__}}
+        equivalence(results, simulate=True)
+        print("all equal" if all(r.get("ok") for r in results["equivalence"]) else "MISMATCH")
+        return
     if not torch.cuda.is_available():
-        sys.exit("error: bench/gpu_check.py needs a CUDA GPU")
+        sys.exit("error: bench/gpu_check.py needs a CUDA GPU (or --simulate)")
     cap_vram(parse_size(args.vram))
     results = {"machine": {"gpu": torch.cuda.get_device_name(0), "host": platform.node(),
                            "torch": torch.__version__, "vram_cap": args.vram, "layers": args.layers}}
