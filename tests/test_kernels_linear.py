@@ -9,7 +9,8 @@ from hetero_qwen.kernels.quant import PackedWeight, int4_act_error_bound, int4_l
 
 from kernels_common import BF16_ACT_REL, backend, bf16_activations, round_bf16, threads  # noqa: F401
 
-SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17)]  # not multiples of 8/16/32/64 (17: < one vector)
+SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17), (19, 1100)]  # not multiples of 8/16/32/64 (17: < one vector;
+# 1100: 17 int4 groups, two 8-group steps of the AVX-512 int4 loop + one more + a partial group)
 FMTS = ["bf16", "int8", "int4"]
 
 
