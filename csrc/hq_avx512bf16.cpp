@@ -1,4 +1,4 @@
-// avx512 copy of the kernels with AVX512-BF16 dot products for bf16 weights (vdpbf16ps on
+// Opt-in (hq_force_isa(3)) avx512 copy of the kernels with AVX512-BF16 dot products for bf16 weights (vdpbf16ps on
 // activations rounded to bf16); compiled with its own ISA flags by setup.py.
 #define HQ_AVX512 1
 #define HQ_AVX512BF16 1

@@ -159,55 +159,11 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     const uint16_t* meta = (const uint16_t*)g.meta;
     float off[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) off[i][b] = 0.f;
-    int64_t q0 = 0;  // first group left to the per-group loop below
-#if defined(HQ_AVX512)
-    // 8 groups per step without scalar work: the 8 (scale, offset) fp16 pairs of a row convert
-    // in one vcvtph2ps and multiply the token's interleaved (xs, xsum) pairs; two groups share
-    // one 512-bit weight load and dot (lanes 0-7: group 2p, 8-15: group 2p+1), whose factor
-    // scale * xs is broadcast by one vpermps; offsets accumulate in the odd lanes.
-    __m512 acc5[R][NB], off5[R][NB];
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) { acc5[i][b] = _mm512_setzero_ps(); off5[i][b] = _mm512_setzero_ps(); }
-    {
-        const __m512i m0f5 = _mm512_set1_epi8(0x0F);
-        const __m512i ilv = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        __m512i bidx[4];
-        for (int p = 0; p < 4; p++)
-            bidx[p] = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4 * p), _mm512_set1_epi32(4 * p + 2));
-        for (; q0 + 8 <= full; q0 += 8) {
-            if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q0 * (HQ_G / 2), 8 * (HQ_G / 2), g);
-            else pf_step(pf, R * q0 * (HQ_G / 2), R * 8 * (HQ_G / 2), g.pf_end);
-            __m512 fx[NB];
-            for (int b = 0; b < NB; b++)
-                fx[b] = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_loadu_ps(g.xs + b * ng + q0)), ilv,
-                                               _mm512_castps256_ps512(_mm256_loadu_ps(g.xsum + b * ng + q0)));
-            for (int i = 0; i < R; i++) {
-                const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(meta + ((r + i) * ng + q0) * 2)));
-                const uint8_t* pw = w + (r + i) * rowb + q0 * (HQ_G / 2);
-                __m512 prod[NB];
-                for (int b = 0; b < NB; b++) {
-                    prod[b] = _mm512_mul_ps(mv, fx[b]);
-                    off5[i][b] = _mm512_add_ps(off5[i][b], prod[b]);
-                }
-                for (int p = 0; p < 4; p++) {
-                    __m512i v = _mm512_loadu_si512((const void*)(pw + p * HQ_G));
-                    __m512i lo = _mm512_and_si512(v, m0f5), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f5);
-                    for (int b = 0; b < NB; b++) {
-                        const int8_t* xq = g.xq + b * ng * HQ_G + (q0 + 2 * p) * HQ_G;
-                        __m512i a = _mm512_loadu_si512((const void*)xq), c = _mm512_loadu_si512((const void*)(xq + HQ_G));
-                        __m512i x0 = _mm512_shuffle_i64x2(a, c, 0x44), x1 = _mm512_shuffle_i64x2(a, c, 0xEE);
-                        __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x0), hi, x1);
-                        acc5[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(bidx[p], prod[b]), acc5[i][b]);
-                    }
-                }
-            }
-        }
-    }
-#endif
 #if defined(HQ_AVX2) || defined(HQ_AVX512)
     const __m256i m0f = _mm256_set1_epi8(0x0F);
     __m256 acc[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = _mm256_setzero_ps();
-    for (int64_t q = q0; q < full; q++) {
+    for (int64_t q = 0; q < full; q++) {
         __m256i lo[R], hi[R];
         float sc[R], mo[R];
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
@@ -233,7 +189,7 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
 #else
     float acc[R][NB];
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = 0.f;
-    for (int64_t q = q0; q < full; q++) {
+    for (int64_t q = 0; q < full; q++) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
         else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
         for (int i = 0; i < R; i++) {
@@ -255,10 +211,7 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     const int64_t rem = in - full * HQ_G, hg = HQ_G / 2;
     for (int i = 0; i < R; i++) {
         for (int b = 0; b < NB; b++) {
-#if defined(HQ_AVX512)
-            float s = hsum256(acc[i][b]) + off[i][b] + _mm512_reduce_add_ps(acc5[i][b]) +
-                      _mm512_mask_reduce_add_ps(0xAAAA, off5[i][b]);
-#elif defined(HQ_AVX2)
+#if defined(HQ_AVX2) || defined(HQ_AVX512)
             float s = hsum256(acc[i][b]) + off[i][b];
 #else
             float s = acc[i][b] + off[i][b];
@@ -330,7 +283,7 @@ struct RowsDriver {
 };
 // R1: rows per block at batch 1. 8 on AVX-512 for bf16/int8 halves the fp32 activation reads
 // per weight byte (the down projection's 70 KB activation vector does not fit in L1); int4
-// keeps 4 (8 measured ~15% slower L3-hot with the AVX-512 8-group loop).
+// keeps 4 (its per-group scalar work spills with 8).
 template <int R, int NB> struct Bf16K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
 template <int R, int NB> struct Int8K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
 template <int R, int NB> struct Int4K { static constexpr int R1 = 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
