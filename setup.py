@@ -1,7 +1,8 @@
 """Build hook for the optional C++ CPU kernels (plain C ABI shared library, loaded by ctypes).
 
 `pip install .` compiles csrc/*.cpp with the system C++ compiler into
-hetero_qwen/kernels/_hq_kernels*.so. Each ISA copy of the kernels (hq_scalar/hq_avx2/hq_avx512)
+hetero_qwen/kernels/_hq_kernels*.so. Each ISA copy of the kernels (hq_scalar/hq_avx2/hq_avx512/
+hq_avx512bf16)
 gets its own -m flags; the AVX-512 copy is skipped when the compiler lacks those flags. The
 library picks the best copy the running CPU supports at load time, so one build runs on any
 x86-64 machine. A failed or impossible build never fails the install: the package installs
@@ -28,6 +29,8 @@ VARIANTS = [  # (source, flags, define in hq_api.cpp when built)
     ("hq_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"], "HQ_HAVE_AVX2"),
     ("hq_avx512.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                        "-mavx512vnni"], "HQ_HAVE_AVX512"),
+    ("hq_avx512bf16.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                           "-mavx512vnni", "-mavx512bf16"], "HQ_HAVE_AVX512BF16"),
 ]
 
 
@@ -66,7 +69,8 @@ class BuildHQ(build_ext):
                 defines.append((define, "1"))
         objects += self.compiler.compile([os.path.join(CSRC, "hq_api.cpp")], output_dir=tmp,
                                          include_dirs=[CSRC], macros=defines,
-                                         extra_postargs=BASE_FLAGS)
+                                         extra_postargs=BASE_FLAGS,
+                                         depends=[os.path.join(CSRC, "hq_api.h")])
         out = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         self.compiler.link_shared_object(objects, out, extra_postargs=["-pthread"],
@@ -75,6 +79,7 @@ class BuildHQ(build_ext):
 
 setup(
     ext_modules=[Extension("hetero_qwen.kernels._hq_kernels", sources=[
-        os.path.join(CSRC, s) for s in ("hq_api.cpp", "hq_scalar.cpp", "hq_avx2.cpp", "hq_avx512.cpp")])],
+        os.path.join(CSRC, s) for s in ("hq_api.cpp", "hq_scalar.cpp", "hq_avx2.cpp", "hq_avx512.cpp",
+                                                  "hq_avx512bf16.cpp")])],
     cmdclass={"build_ext": BuildHQ},
 )

@@ -16,6 +16,7 @@ struct Gemv {
     const float* x;     // [B, in] fp32 (all formats; int8 body, tails)
     const float* xe;    // bf16: [B, in/2] even inputs
     const float* xo;    // bf16: [B, in/2] odd inputs
+    const uint16_t* xb; // bf16 on a bf16-dot ISA (avx512bf16): [B, in] x rounded to bf16 (RNE)
     const int8_t* xq;   // int4: [B, groups*G] int8 activations
     const float* xs;    // int4: [B, groups] activation scales
     const float* xsum;  // int4: [B, groups] xs * sum(xq): group sums of dequantized x
@@ -35,6 +36,7 @@ struct HqIsa {
     void (*rows)(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy);
     void (*deltanet_head)(float* S, const float* k, const float* q, const float* v, float eg,
                           float beta, float kq, int64_t Dk, int64_t Dv, float* o);
+    int bf16dot;  // bf16 weights take g.xb (bf16 activations) instead of g.xe / g.xo
 };
 
 extern const HqIsa hq_isa_scalar;
@@ -43,4 +45,7 @@ extern const HqIsa hq_isa_avx2;
 #endif
 #ifdef HQ_HAVE_AVX512
 extern const HqIsa hq_isa_avx512;
+#endif
+#ifdef HQ_HAVE_AVX512BF16
+extern const HqIsa hq_isa_avx512bf16;
 #endif

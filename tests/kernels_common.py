@@ -10,7 +10,7 @@ from hetero_qwen.kernels import cpp, dispatch
 def backend_params():
     out = [pytest.param(("numba", None), id="numba")]
     if cpp.available():
-        for isa in ("scalar", "avx2", "avx512"):
+        for isa in cpp.ISA_CODE:
             if cpp.isa_supported(isa):
                 out.append(pytest.param(("cpp", isa), id=f"cpp-{isa}"))
     else:
@@ -34,3 +34,18 @@ def threads(request):
     dispatch.set_threads(request.param)
     yield request.param
     dispatch.set_threads(old)
+
+
+# On a bf16-dot ISA (avx512bf16) the C++ bf16 kernels round the activations to bf16 (nearest
+# even) and then accumulate exact bf16 x bf16 products in fp32. Their exact reference is the
+# fp32 reference on bf16-rounded activations; against the plain fp32 reference they differ by at
+# most 2^-8 |x| per input (half a bf16 ulp), i.e. <= 2^-8 * (|x| @ |W|^T).
+BF16_ACT_REL = 2.0 ** -8
+
+
+def bf16_activations(backend_name: str, fmt: str) -> bool:
+    return backend_name == "cpp" and fmt == "bf16" and cpp.available() and cpp.isa() == "avx512bf16"
+
+
+def round_bf16(x):
+    return x.bfloat16().float()

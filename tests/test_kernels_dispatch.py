@@ -52,6 +52,8 @@ def test_every_backend_runs_cpu_ops(name, fmt):
     ref_l = reference.linear(x, lin.weight)
     dispatch.force_backend(name)
     tol = 0.05 if (fmt == "int4" or name == "torch") else 1e-4  # int4 act-quant; torch runs bf16 GEMMs
+    if name == "cpp" and fmt == "bf16" and cpp.isa() == "avx512bf16":
+        tol = 0.01  # bf16-rounded activations (see tests/kernels_common.py; bounded in test_kernels_linear)
     assert torch.allclose(ffn(x), ref_f, rtol=tol, atol=tol * ref_f.abs().max().item())
     assert torch.allclose(lin(x), ref_l, rtol=tol, atol=tol * ref_l.abs().max().item())
     assert ffn.nbytes == ffn.gate.nbytes * 2 + ffn.down.nbytes

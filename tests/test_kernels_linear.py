@@ -7,9 +7,10 @@ from hetero_qwen.kernels import cpp, dispatch, reference
 from hetero_qwen.kernels import numba_kernels as nk
 from hetero_qwen.kernels.quant import PackedWeight, int4_act_error_bound, int4_linear_exact
 
-from kernels_common import backend, threads  # noqa: F401
+from kernels_common import BF16_ACT_REL, backend, bf16_activations, round_bf16, threads  # noqa: F401
 
-SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17)]  # not multiples of 8/16/32/64 (17: < one vector)
+SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17), (19, 1100)]  # not multiples of 8/16/32/64 (17: < one vector;
+# 1100: 17 int4 groups, two 8-group steps of the AVX-512 int4 loop + one more + a partial group)
 FMTS = ["bf16", "int8", "int4"]
 
 
@@ -34,9 +35,13 @@ def test_linear_matches_reference(backend, threads, fmt, B):
         w = PackedWeight.from_float(torch.randn(out, n, generator=g), fmt)
         x = torch.randn(B, n, generator=g)
         y = run_linear(backend, x, w)
-        ref = exact_ref(x, w)
-        tol = 1e-5 * (x.abs() @ w.dequantize().abs().t()) + 1e-5
+        bf = bf16_activations(backend, fmt)
+        ref = exact_ref(round_bf16(x) if bf else x, w)
+        absdot = x.abs() @ w.dequantize().abs().t()
+        tol = 1e-5 * absdot + 1e-5
         assert ((y - ref).abs() <= tol).all(), (fmt, out, n, (y - ref).abs().max())
+        if bf:  # and within half a bf16 ulp per activation of the fp32 reference
+            assert ((y - reference.linear(x, w)).abs() <= BF16_ACT_REL * absdot + tol).all()
         if fmt == "int4":  # and within the activation-quantization bound of the fp32 reference
             plain = reference.linear(x, w)
             assert ((y - plain).abs() <= int4_act_error_bound(x, w) + tol).all()
@@ -50,6 +55,15 @@ def test_ffn_matches_reference(backend, threads, fmt, B):
     gate, up = (PackedWeight.from_float(torch.randn(I, H, generator=gen) * 0.3, fmt) for _ in range(2))
     down = PackedWeight.from_float(torch.randn(H, I, generator=gen) * 0.3, fmt)
     x = torch.randn(B, H, generator=gen)
+    if bf16_activations(backend, fmt):  # check the hidden, then the down projection of it
+        hid = torch.empty(B, I)
+        y = cpp.ffn(x, gate, up, down, hidden=hid)
+        xb = round_bf16(x)
+        h = torch.nn.functional.silu(reference.linear(xb, gate)) * reference.linear(xb, up)
+        assert torch.allclose(hid, h, rtol=1e-4, atol=1e-4 * h.abs().max().item())
+        ref = reference.linear(round_bf16(hid), down)
+        assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        return
     y = run_ffn(backend, x, gate, up, down)
     if fmt == "int4":
         h = torch.nn.functional.silu(int4_linear_exact(x, gate)) * int4_linear_exact(x, up)

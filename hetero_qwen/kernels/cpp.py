@@ -20,7 +20,7 @@ BUILD_HINT = ("hetero-qwen C++ kernels are not built: run `pip install --force-r
               "(or `python setup.py build_ext --inplace` in a checkout) with g++/clang++ installed; "
               "using the Numba kernels meanwhile")
 FMT_CODE = {"bf16": 0, "int8": 1, "int4": 2}
-ISA_CODE = {"scalar": 0, "avx2": 1, "avx512": 2}
+ISA_CODE = {"scalar": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 
 _lib = None
 _err: str | None = None
