@@ -58,10 +58,13 @@ def test_int4_constant_group_is_exact():
 
 
 def test_activation_quantization_bound():
+    torch.manual_seed(0)
     x = torch.randn(3, 150) * torch.logspace(-2, 2, 150)
     xq, xs, xsum = quantize_activations_int4(x)
     G = INT4_GROUP
     xp = torch.nn.functional.pad(x, (0, xq.shape[1] - 150))
     deq = xq.float() * xs.repeat_interleave(G, 1)
     assert ((deq - xp).abs() <= xs.repeat_interleave(G, 1) / 2 * (1 + 1e-5) + 1e-30).all()
-    assert torch.allclose(xsum, deq.view(3, -1, G).sum(-1), rtol=1e-5, atol=1e-6)
+    # group sums agree up to fp32 rounding of a 64-term sum (relative to the sum of magnitudes)
+    groups = deq.view(3, -1, G).double()
+    assert ((xsum.double() - groups.sum(-1)).abs() <= 1e-6 * groups.abs().sum(-1) + 1e-12).all()
