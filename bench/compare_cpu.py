@@ -68,6 +68,17 @@ def time_hf(model, prompt: list[int], n_decode: int) -> tuple[float, float]:
     return len(prompt) / (t1 - t0), n_decode / (t2 - t1)
 
 
+def read_bandwidth(threads: int) -> float:
+    torch.set_num_threads(threads)
+    buf = torch.ones(256 * 2**20)  # 1 GiB
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t)
+    return buf.numel() * 4 / best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", action="append", choices=list(SIZES), help="model size (repeatable)")
@@ -83,6 +94,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     import hetero_qwen
+    bw = read_bandwidth(args.threads)  # the planner's predictions use this machine's bandwidth
+    print(f"read bandwidth ({args.threads} threads): {bw / 1e9:.1f} GB/s", flush=True)
     results = []
     for size in args.size or ["small"]:
         with tempfile.TemporaryDirectory() as d:
@@ -90,6 +103,9 @@ def main() -> None:
             formats = args.format or ["bf16"]
             ours = {f: hetero_qwen.load(d, dtype=args.dtype, quiet=True,
                                         profile={"cpu": {"ram": "16GiB", "threads": args.threads},
+                                                 "bandwidth": {"cpu": f"{bw / 1e9:.2f}GB/s"},
+                                                 "workload": {"prompt_tokens": args.prefill,
+                                                              "output_tokens": args.decode},
                                                  "context": 4096, "weights": {"cpu_dtype": f}})
                     for f in formats}
             prompt = [(i * 37) % (SIZES[size]["vocab_size"] - 1) + 1 for i in range(args.prefill)]
@@ -113,11 +129,14 @@ def main() -> None:
                        "hf_prefill_tok_s": hf_pre, "hf_decode_tok_s": hf_dec,
                        "prefill_ratio": pre / hf_pre, "decode_ratio": dec / hf_dec,
                        "decode_vs_ours_bf16": dec / med["ours-bf16"][1] if "ours-bf16" in med else None,
-                       "predicted_decode_tok_s": ours[f].plan.predicted.decode_tokens_per_s}
+                       "predicted_decode_tok_s": ours[f].plan.predicted.decode_tokens_per_s,
+                       "prediction_error": ours[f].plan.predicted.decode_tokens_per_s / dec - 1,
+                       "read_bw_gbs": bw / 1e9}
                 results.append(row)
                 print(f"{size:6s} {params / 1e6:7.1f}M {f:5s} {args.threads}t | prefill ours {pre:8.1f} "
                       f"hf {hf_pre:8.1f} tok/s x{pre / hf_pre:.2f} | decode ours {dec:7.1f} hf {hf_dec:7.1f} "
-                      f"tok/s x{dec / hf_dec:.2f}" + (f" | vs our bf16 x{row['decode_vs_ours_bf16']:.2f}"
+                      f"tok/s x{dec / hf_dec:.2f} (planner {row['predicted_decode_tok_s']:.1f}, "
+                      f"{100 * row['prediction_error']:+.0f}%)" + (f" | vs our bf16 x{row['decode_vs_ours_bf16']:.2f}"
                                                       if row["decode_vs_ours_bf16"] else ""), flush=True)
     out = {"bench": "compare_cpu", "machine": {"cpu": platform.processor() or platform.machine(),
                                                "torch": torch.__version__}, "results": results}

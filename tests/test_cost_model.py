@@ -8,7 +8,7 @@ from hetero_qwen.planner.build import cyclic_changes
 from hetero_qwen.planner.items import Item, build_items
 from hetero_qwen.profile import Profile
 
-P = Profile(vram=8 * 2**30, cpu_efficiency=1.0, bw_gpu=1000e9, bw_cpu=50e9, bw_pcie=25e9, bw_disk=2e9,
+P = Profile(vram=8 * 2**30, cpu_efficiency=1.0, cpu_op_overhead=0.0, bw_gpu=1000e9, bw_cpu=50e9, bw_pcie=25e9, bw_disk=2e9,
             gpu_flops=100e12, cpu_flops=1e12, hop_latency=10e-6)
 # a 0.5 B-parameter block stored in 1 GB (bf16)
 FFN = Item("b.mlp", "ffn", 0, params=500_000_000, bytes_gpu=10**9, bytes_cpu=10**9, bytes_disk=10**9, row_bytes={})
@@ -89,3 +89,9 @@ def test_cpu_kernel_efficiency_scales_cpu_and_disk_reads():
     assert cost.tier_bandwidth(P.replace(cpu_efficiency=0.01), "disk") == pytest.approx(0.5e9)  # CPU-bound
     default = P.replace(cpu_efficiency=None, cpu_dtype="int4")
     assert cost.tier_bandwidth(default, "cpu") == pytest.approx(50e9 * cost.CPU_KERNEL_EFFICIENCY["int4"])
+
+
+def test_cpu_ops_pay_a_fixed_overhead_in_decode():
+    slow = P.replace(cpu_op_overhead=1e-3)
+    assert cost.decode_time(FFN, "cpu", 0, slow) == pytest.approx(1e9 / 50e9 + 1e-3)
+    assert cost.decode_time(FFN, "gpu", 0, slow) == cost.decode_time(FFN, "gpu", 0, P)
