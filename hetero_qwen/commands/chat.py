@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..sampling import PRESETS
-from .common import ModelOpt, ProfileOpt, resolve_model, say
+from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+                     TopKOpt, TopPOpt, resolve_model, say)
 
 
 def chat(
@@ -24,17 +25,17 @@ def chat(
     preset: Optional[str] = typer.Option(
         None, "--preset", help=f"Sampling preset: {', '.join(PRESETS)} (default: thinking-general when "
                                f"thinking, instruct otherwise)"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0.0, help="0 = greedy"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    min_p: Optional[float] = typer.Option(None, "--min-p"),
-    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty"),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    temperature: Optional[float] = TemperatureOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
+    min_p: Optional[float] = MinPOpt,
+    presence_penalty: Optional[float] = PresencePenaltyOpt,
+    repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed the sampling of the whole chat"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", min=1,
                                                  help="Longest reply (default: until the model ends it)"),
     context: Optional[int] = typer.Option(None, "--context", min=16, help="Context length in tokens"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype: bf16 | fp32 (default: checkpoint's)"),
+    dtype: Optional[str] = DtypeOpt,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", hidden=True,
                                     help="Generate past end tokens (tests, benchmarks)"),
 ) -> None:

@@ -10,6 +10,14 @@ import typer
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint directory (default: the embedded tiny random model)")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Memory-budget YAML profile (default: probe this machine)")
+# sampling flags shared by `generate` and `chat`; None = the preset's value
+TemperatureOpt = typer.Option(None, "--temperature", "-t", min=0.0, help="0 = greedy")
+TopPOpt = typer.Option(None, "--top-p")
+TopKOpt = typer.Option(None, "--top-k")
+MinPOpt = typer.Option(None, "--min-p")
+PresencePenaltyOpt = typer.Option(None, "--presence-penalty")
+RepetitionPenaltyOpt = typer.Option(None, "--repetition-penalty")
+DtypeOpt = typer.Option(None, "--dtype", help="Compute dtype: bf16 | fp32 (default: checkpoint's)")
 
 
 def say(msg: str) -> None:

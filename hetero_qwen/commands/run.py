@@ -11,7 +11,8 @@ import typer
 
 from ..errors import InputError
 from ..sampling import PRESETS
-from .common import ModelOpt, ProfileOpt, resolve_model, say
+from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+                     TopKOpt, TopPOpt, resolve_model, say)
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -30,14 +31,14 @@ def generate(
     think: bool = typer.Option(True, "--think/--no-think", help="enable_thinking for --chat"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1),
     preset: str = typer.Option("greedy", "--preset", help=f"Sampling preset: {', '.join(PRESETS)}"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0.0, help="0 = greedy"),
-    top_p: Optional[float] = typer.Option(None, "--top-p"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    min_p: Optional[float] = typer.Option(None, "--min-p"),
-    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty"),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    temperature: Optional[float] = TemperatureOpt,
+    top_p: Optional[float] = TopPOpt,
+    top_k: Optional[int] = TopKOpt,
+    min_p: Optional[float] = MinPOpt,
+    presence_penalty: Optional[float] = PresencePenaltyOpt,
+    repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Compute dtype: bf16 | fp32 (default: checkpoint's)"),
+    dtype: Optional[str] = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text"),
     stats: bool = typer.Option(False, "--stats", help="Print timing statistics to stderr"),
 ) -> None:
