@@ -66,3 +66,12 @@ def test_probe_writes_a_valid_profile_atomically(tmp_path, capsys):
     assert [f.name for f in tmp_path.iterdir()] == ["me.yaml"]  # no temp file left behind
     code, _, err = run(["probe", "--out", str(tmp_path / "missing" / "x.yaml")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_a_plan_that_spills_to_disk_suggests_smaller_cpu_weights():
+    from hetero_qwen.config import load_config
+    from hetero_qwen.profile import load_profile
+    from placement_policies import make_plan
+    plan = make_plan(load_config("qwen3.6-27b"), load_profile({"cpu": {"ram": "16GiB", "threads": 2}}))
+    assert any(g.home == "disk" for g in plan.groups)
+    assert any("weights.cpu_dtype: int8 or int4" in n for n in plan.notes)

@@ -25,7 +25,11 @@ def build_plan(ctx: PlanContext, homes: list[str], cap: int, policy: str) -> Pla
     if any(h == "disk" for h in homes):
         n = sum(h == "disk" and items[i].kind != "embed" for i, h in enumerate(homes))
         if n:
-            notes.append(f"{n} groups are read from the memory-mapped checkpoint every token (RAM is full)")
+            smaller = [f for f in ("int8", "int4") if ("int4", "int8", "bf16", "fp32").index(f)
+                       < ("int4", "int8", "bf16", "fp32").index(p.cpu_dtype)]
+            hint = f"; weights.cpu_dtype: {' or '.join(smaller)} would shrink what RAM holds" if smaller else ""
+            notes.append(f"{n} groups are read from the memory-mapped checkpoint every token (RAM is full)"
+                         + hint)
     return Plan(policy=policy, model=ctx.model, profile=p.source, context=p.context,
                 gpu_dtype=p.gpu_dtype, cpu_dtype=p.cpu_dtype, disk_dtype=ctx.disk_dtype,
                 tiers=tiers, groups=groups, predicted=predicted, stream_slot_bytes=slot,
