@@ -68,17 +68,6 @@ def time_hf(model, prompt: list[int], n_decode: int) -> tuple[float, float]:
     return len(prompt) / (t1 - t0), n_decode / (t2 - t1)
 
 
-def read_bandwidth(threads: int) -> float:
-    torch.set_num_threads(threads)
-    buf = torch.ones(256 * 2**20)  # 1 GiB
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
-    return buf.numel() * 4 / best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", action="append", choices=list(SIZES), help="model size (repeatable)")
@@ -94,7 +83,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     import hetero_qwen
-    bw = read_bandwidth(args.threads)  # the planner's predictions use this machine's bandwidth
+    from hetero_qwen.probe import read_bandwidth
+    bw = read_bandwidth(args.threads, nbytes=2**30)  # the planner's predictions use this machine's bandwidth
     print(f"read bandwidth ({args.threads} threads): {bw / 1e9:.1f} GB/s", flush=True)
     results = []
     for size in args.size or ["small"]:

@@ -75,17 +75,6 @@ def write_random_quantized(dst: Path, fmt: str, seed: int = 0) -> ModelConfig:
     return cfg
 
 
-def read_bandwidth(threads: int) -> float:
-    torch.set_num_threads(threads)
-    buf = torch.ones(256 * 2**20)  # 1 GiB
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        buf.sum()
-        ts.append(time.perf_counter() - t)
-    return buf.numel() * 4 / min(ts)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", default="int4", choices=["int4", "int8"])
@@ -95,6 +84,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the written checkpoint")
     args = ap.parse_args()
     import hetero_qwen
+    from hetero_qwen.probe import read_bandwidth
     from hetero_qwen.units import fmt_bytes
     d = Path(f"{args.dir}-{args.dtype}")
     if not (d / "config.json").is_file():
@@ -104,7 +94,7 @@ def main() -> None:
         write_random_quantized(d, args.dtype)
         print(f"wrote {fmt_bytes(sum(f.stat().st_size for f in d.glob('*.safetensors')))} in {time.time() - t0:.0f} s",
               flush=True)
-    bw = read_bandwidth(args.threads)
+    bw = read_bandwidth(args.threads, nbytes=2**30)
     prof = {"cpu": {"ram": "20GiB", "threads": args.threads, "reserve": "1GiB"}, "context": 4096,
             "weights": {"cpu_dtype": args.dtype}, "bandwidth": {"cpu": f"{bw / 1e9:.2f}GB/s"},
             "prefill": {"chunk": 64}, "workload": {"prompt_tokens": 8, "output_tokens": args.tokens}}

@@ -29,17 +29,24 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def read_bandwidth(threads: int, nbytes: int = CPU_BUFFER, repeats: int = 5) -> float:
+    """Bytes/s of a `threads`-thread fp32 sum over `nbytes` (best of `repeats`): the read
+    bandwidth the profile, the planner and the benches compare against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    return nbytes / _best(lambda: x.sum(), repeats)
+
+
 def measure_cpu(threads: int) -> dict:
     import psutil
     import torch
 
-    torch.set_num_threads(threads)
-    x = torch.ones(CPU_BUFFER // 4, dtype=torch.float32)
-    bw = CPU_BUFFER / _best(lambda: x.sum(), 5)
+    bw = read_bandwidth(threads)
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     flops = 2 * n**3 / _best(lambda: a @ b, 5)
-    del x
     return {"ram_available": psutil.virtual_memory().available, "bw_cpu": bw, "cpu_flops": flops}
 
 
