@@ -483,4 +483,34 @@ int hq_deltanet_step(int B, int64_t conv_dim, int K, int S_len, const float* mix
     return 0;
 }
 
+// Row-wise RMSNorm of x [rows, n] into out: out = x * rsqrt(mean(x^2) + eps) * w (w [n] fp32;
+// the model's zero-centred norms pass 1 + weight). Single-threaded: rows * n is a hidden state.
+// Row r of x starts at x + r * ldx (ldx >= n: e.g. q heads interleaved with their gates).
+int hq_rmsnorm(int64_t rows, int64_t n, const float* x, int64_t ldx, const float* w, float eps, float* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float* xr = x + r * ldx;
+        float* o = out + r * n;
+        float ss = 0.f;
+        for (int64_t j = 0; j < n; j++) ss += xr[j] * xr[j];
+        const float inv = 1.f / std::sqrt(ss / (float)n + eps);
+        for (int64_t j = 0; j < n; j++) o[j] = xr[j] * inv * w[j];
+    }
+    return 0;
+}
+
+// DeltaNet output norm per head: out = w * rmsnorm(x) * silu(z), x / z / out [rows, n], w [n].
+int hq_gated_rmsnorm(int64_t rows, int64_t n, const float* x, const float* z, const float* w, float eps,
+                     float* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float* xr = x + r * n;
+        const float* zr = z + r * n;
+        float* o = out + r * n;
+        float ss = 0.f;
+        for (int64_t j = 0; j < n; j++) ss += xr[j] * xr[j];
+        const float inv = 1.f / std::sqrt(ss / (float)n + eps);
+        for (int64_t j = 0; j < n; j++) o[j] = w[j] * (xr[j] * inv) * (zr[j] / (1.f + std::exp(-zr[j])));
+    }
+    return 0;
+}
+
 }  // extern "C"

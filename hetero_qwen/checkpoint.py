@@ -86,6 +86,16 @@ class _Shard:
         flat = torch.frombuffer(self.mm, dtype=torch.uint8, count=n, offset=entry.begin)
         return flat.view(entry.dtype).view(entry.shape)
 
+    def release(self, entry: TensorEntry) -> None:
+        """Drop this process's mapping of the whole pages inside `entry` (they stay in the page
+        cache; a later read faults them back in, unchanged, since we never write to them)."""
+        if self.mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo, hi = -(-entry.begin // page) * page, entry.end // page * page
+        if hi > lo:
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
 
 class Checkpoint:
     """All tensors of a checkpoint directory, by canonical name, read lazily."""
@@ -137,6 +147,13 @@ class Checkpoint:
         if entry is None:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint")
         return self._shards[entry.shard].tensor(entry)
+
+    def release(self, name: str) -> None:
+        """Unmap the pages of `name` after it was copied to its home, so loading a model keeps
+        host RSS near the resident size instead of resident + every byte read from the file."""
+        entry = self.entries.get(name)
+        if entry is not None:
+            self._shards[entry.shard].release(entry)
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """A weight in a float dtype (FP8 blocks dequantized to bf16), its shape checked."""

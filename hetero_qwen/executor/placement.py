@@ -21,6 +21,7 @@ from ..errors import PlanError
 from ..model.layers import FFN, Attention, GatedDeltaNet, TorchLinear
 from ..model.qwen3_5 import Layer, OpSlot, Qwen35Model
 from .devices import Devices, MemoryTier
+from .host_arena import HostArena
 from .streaming import META, Prefetcher, SlotLinear, StagedGroup
 
 
@@ -86,11 +87,18 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
 
     packed_names = set()
     if cfg.hetero_format:
-        from ..quantized_checkpoint import load_packed, quantized_names
+        from ..quantized_checkpoint import META_SUFFIX, load_packed, quantized_names
         packed_names = {n for n, _ in quantized_names(cfg)}
+    arena = HostArena()  # CPU-resident weights: huge pages for decode's streaming reads
+
+    def release(*names: str) -> None:
+        """Unmap checkpoint pages already copied to their home (keeps load RSS near resident)."""
+        for n in names:
+            ckpt.release(n)
 
     def home_matrices(g: WeightGroup, p: Placement) -> dict:
         out = {}
+        pinned = p.stream_prefill and torch.cuda.is_available()  # page-locked for real copies to the GPU
         for local, shape in g.matrices:
             full = tensor_name(g.name, g.kind, local, cfg)
             if full in packed_names:  # a pre-quantized checkpoint
@@ -98,9 +106,13 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                 if p.home in ("cpu", "disk") and cpu_format(p) == pw.fmt:
                     if p.home == "disk":
                         disk.alloc(pw.nbytes, g.name)  # kernels read the mapped file directly
-                    out[local] = pw
+                        out[local] = pw
+                        continue
+                    out[local] = _pin_packed(pw, True) if pinned else arena.copy_packed(pw)
+                    release(full, full + META_SUFFIX)
                     continue
                 t = pw.dequantize()  # GPU (or another CPU format): back to float once, at load
+                release(full, full + META_SUFFIX)
             else:
                 t = read(g, local, shape)
             if p.home == "gpu":
@@ -108,12 +120,16 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
             elif p.home == "disk" and t.dtype == dtype:
                 disk.alloc(t.numel() * t.element_size(), g.name)
                 out[local] = t  # a view of the mapped file: the page cache is this tier
+                continue
             elif cpu_format(p) != "float":  # packed once here; the CPU kernels and staging share it
-                out[local] = _pin_packed(pack_rows(t, cpu_format(p), kernels.PackedWeight), p.stream_prefill)
-            else:  # an anonymous copy: resident RAM as planned, pinned if it will be streamed
+                pw = pack_rows(t, cpu_format(p), kernels.PackedWeight, alloc=None if pinned else arena.empty)
+                out[local] = _pin_packed(pw, pinned)
+            elif pinned:  # resident RAM as planned, page-locked: it will be streamed
                 c = t.to(dtype)
-                out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name,
-                                               pin=p.stream_prefill)
+                out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name, pin=True)
+            else:  # resident RAM as planned, in huge pages (decode streams it every token)
+                out[local] = devices.cpu.place(arena.copy(t.to(dtype)), g.name)
+            release(full)
         return out
 
     def vectors_on(g: WeightGroup, dev_name: str) -> dict[str, torch.Tensor]:
@@ -202,21 +218,32 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
 
     model = Qwen35Model(cfg, embed, devices[home_device(ep.home)], layers, head, dtype, devices)
     model.disk = disk
+    model.host_arena = arena
+    if kernels is not None:
+        from .cpu_decode import CpuDecodePath
+        model.cpu_decode = CpuDecodePath.build(model)
     if staged:
         model.prefetcher = Prefetcher(devices, staged)
         _bind_slots(model, model.prefetcher)
     return model
 
 
-def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096):
+def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096, alloc=None):
     """Quantize `t` [out, in] a block of rows at a time: both formats scale per row (or per row
     group), so this equals quantizing it whole, with temporaries bounded to one block in fp32
-    (the 27B embedding would otherwise need ~20 GB of them)."""
+    (the 27B embedding would otherwise need ~20 GB of them). `alloc(shape, dtype)` gives the
+    output tensors (e.g. HostArena.empty); default: ordinary torch memory."""
     parts = [packed_cls.from_float(t[r:r + rows].float(), fmt) for r in range(0, t.shape[0], rows)]
-    if len(parts) == 1:
+    if len(parts) == 1 and alloc is None:
         return parts[0]
-    return packed_cls(fmt, torch.cat([q.data for q in parts]), torch.cat([q.meta for q in parts]),
-                      t.shape[0], t.shape[1])
+
+    def joined(ts: list[torch.Tensor]) -> torch.Tensor:
+        shape = (sum(x.shape[0] for x in ts), *ts[0].shape[1:])
+        out = alloc(shape, ts[0].dtype) if alloc is not None else torch.empty(shape, dtype=ts[0].dtype)
+        return torch.cat(ts, out=out)
+
+    meta = joined([q.meta for q in parts]) if parts[0].meta is not None else None
+    return packed_cls(fmt, joined([q.data for q in parts]), meta, t.shape[0], t.shape[1])
 
 
 class PackedEmbedding:

@@ -50,6 +50,8 @@ def _load(libdir: str | None = None):
     lib.hq_linear.argtypes = [I, P, P, L, L, P, I, P]
     lib.hq_ffn.argtypes = [I, P, P, P, P, P, P, L, L, P, I, P, P]
     lib.hq_deltanet_step.argtypes = [I, L, I, I, P, P, P, P, P, P, P, I, I, L, L, P, P]
+    lib.hq_rmsnorm.argtypes = [L, L, P, L, P, ctypes.c_float, P]
+    lib.hq_gated_rmsnorm.argtypes = [L, L, P, P, P, ctypes.c_float, P]
     lib.hq_set_threads.argtypes = [I]
     lib.hq_tune.argtypes = [I, L]
     lib.hq_tune.restype = L
@@ -243,4 +245,33 @@ def deltanet_decode_step(mixed_qkv, a, b, conv_weight, conv_state, A_log, dt_bia
                                 _ptr(state), _ptr(out))
     if rc != 0:
         raise ValueError("hq_deltanet_step rejected its shapes")
+    return out
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise x * rsqrt(mean(x^2) + eps) * w; x [rows, n] fp32 with unit column stride (rows
+    may be strided), w [n] fp32 (pass 1 + weight for the model's zero-centred norms)."""
+    rows, n = x.shape
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(-1) != 1 or (rows > 1 and x.stride(0) < n):
+        raise ValueError(f"x: expected cpu float32 rows with unit column stride, got {x.dtype} "
+                         f"strides {tuple(x.stride())}")
+    _check(w, "w", torch.float32, (n,))
+    if out is None:
+        out = torch.empty(rows, n, dtype=torch.float32)
+    _check(out, "out", torch.float32, (rows, n))
+    lib().hq_rmsnorm(rows, n, x.data_ptr(), x.stride(0) if rows > 1 else n, w.data_ptr(), eps, out.data_ptr())
+    return out
+
+
+def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, eps: float,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row: w * rmsnorm(x) * silu(z); x, z [rows, n] fp32, w [n] fp32."""
+    rows, n = x.shape
+    _check(x, "x", torch.float32, (rows, n))
+    _check(z, "z", torch.float32, (rows, n))
+    _check(w, "w", torch.float32, (n,))
+    if out is None:
+        out = torch.empty(rows, n, dtype=torch.float32)
+    _check(out, "out", torch.float32, (rows, n))
+    lib().hq_gated_rmsnorm(rows, n, x.data_ptr(), z.data_ptr(), w.data_ptr(), eps, out.data_ptr())
     return out

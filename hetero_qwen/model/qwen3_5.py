@@ -55,7 +55,11 @@ class Qwen35Model:
     devices: Devices
     prefetcher: object | None = None        # executor.streaming.Prefetcher when anything streams
     op_hook: Callable | None = None         # (slot name, device, input, output) -> None: accounting
+    cpu_decode: object | None = None        # executor.cpu_decode.CpuDecodePath: one-token CPU fast path
+    host_arena: object | None = None        # executor.host_arena.HostArena holding CPU-resident weights
     _ropes: dict = field(default_factory=dict)
+    _head_fast: bool = False                # set by forward() for hidden(): logits will follow
+    _x32: torch.Tensor | None = None
 
     def rope(self, dev: Device) -> Rope:
         if dev.name not in self._ropes:
@@ -114,7 +118,28 @@ class Qwen35Model:
             rows = {n: (1 if last_only and n == self.head.name else T) for n in order}
             self.prefetcher.begin([n for n in order if slots[n].device_for(rows[n]) in slots[n].streamed])
         positions = torch.arange(start, start + T)
-        for layer, cache in zip(self.layers, caches):
+        fast = self.cpu_decode if (T == 1 and B == 1 and self.op_hook is None and self.cpu_decode is not None
+                                   and self.cpu_decode.enabled()) else None
+        x32 = None  # the fp32 residual while consecutive layers take the fast path
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            run = fast.layers[i] if fast is not None else None
+            if run is not None:
+                cpu = self.devices.cpu
+                if x32 is None:
+                    x = self.devices.hop(x, cur, cpu)
+                    cur = cpu
+                    x32 = x.reshape(1, -1).float().clone()
+                t0 = time.perf_counter()
+                is_full, mixer, ffn = run
+                if is_full:
+                    mixer(x32, cache, start)
+                else:
+                    mixer(x32, cache)
+                ffn(x32)
+                cpu.busy_seconds += time.perf_counter() - t0
+                continue
+            if x32 is not None:
+                x, x32 = x32.to(self.dtype).view(B, T, -1), None
             if layer.kind == FULL:
                 dev = self.devices[layer.mixer.device_for(T)]
                 cos, sin = self.rope(dev).cos_sin(positions, self.dtype)
@@ -124,13 +149,26 @@ class Qwen35Model:
             x = x + out
             out, cur, x = self._run(layer.ffn, x, cur, T)
             x = x + out
+        if x32 is not None:
+            if fast.head is not None and self._head_fast:
+                self._x32 = x32  # forward() takes the fp32 residual straight to the fast head
+            x = x32.to(self.dtype).view(B, T, -1)
         if last_only:
             x = x[:, -1:]
         return x, cur
 
     def forward(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False) -> torch.Tensor:
         """Logits fp32 [B, T, vocab] (or [B, 1, vocab] with last_only), on the CPU."""
-        x, cur = self.hidden(ids, caches, start, last_only)
+        self._head_fast, self._x32 = True, None
+        try:
+            x, cur = self.hidden(ids, caches, start, last_only)
+            if self._x32 is not None:  # the one-token CPU fast path ran up to here
+                t0 = time.perf_counter()
+                logits = self.cpu_decode.logits(self._x32)
+                self.devices.cpu.busy_seconds += time.perf_counter() - t0
+                return logits.view(1, 1, -1)
+        finally:
+            self._head_fast, self._x32 = False, None
         logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
         return logits.float().to("cpu")
 

@@ -1,0 +1,219 @@
+"""One-token decode of CPU-resident layers straight through the C++ kernels.
+
+The generic forward (Qwen35Model.hidden) wraps each kernel call in small torch ops: norms,
+dtype casts, reshapes, about 250 per layer. On the mid bench model that was ~4 ms per token,
+more than the int4 weight reads themselves (~3 ms). For a single token (B = T = 1) of a layer
+whose mixer and FFN both decode on the CPU with the C++ kernels, this path runs the same math
+as model/layers.py with the hidden state in fp32 and one C++ call per step, into buffers
+allocated once:
+
+  DeltaNet mixer : rmsnorm, 4 projections, fused conv + delta step, gated norm, out_proj, += x
+  attention mixer: rmsnorm, q/k/v projections, q/k norms, then RoPE, the KV cache and softmax
+                   attention in a few torch ops, sigmoid gate, o_proj, += x
+  FFN            : rmsnorm, fused gate/up/down, += x
+  head           : rmsnorm, lm_head
+
+The residual stays fp32 across consecutive fast layers (the generic path rounds it to the model
+dtype after every op). tests/test_cpu_decode.py checks it against the generic path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import FULL
+from ..kernels import cpp, dispatch
+from ..kernels.ops import CpuFFN, CpuLinear
+from ..model.layers import FFN, Attention, GatedDeltaNet
+from .placement import CpuKernelOp
+
+SHORT_CONTEXT = 1024  # attention over at most this many keys: plain fp32 matmuls (SDPA costs ~100 us)
+
+
+def _kernel(op, cls):
+    """The CPU kernel object behind a CpuKernelOp, if it is a `cls`."""
+    if isinstance(op, CpuKernelOp) and isinstance(op.kernel, cls):
+        return op.kernel
+    return None
+
+
+class _Linear:
+    """y [1, out] = x [1, in] @ W^T through hq_linear, into a buffer reused every token."""
+
+    def __init__(self, k: CpuLinear, fresh_output: bool = False):
+        self.w = k.weight
+        self.fmt = cpp.FMT_CODE[self.w.fmt]
+        self.fresh = fresh_output  # logits leave this module: a new tensor per call
+        self.y = torch.empty(1, self.w.out_features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        y = torch.empty(1, w.out_features) if self.fresh else self.y
+        cpp.lib().hq_linear(self.fmt, w.data.data_ptr(), None if w.meta is None else w.meta.data_ptr(),
+                            w.out_features, w.in_features, x.data_ptr(), 1, y.data_ptr())
+        return y
+
+
+class _Norm:
+    """rmsnorm with the zero-centred weight (1 + w) precomputed."""
+
+    def __init__(self, w: torch.Tensor, eps: float, rows: int = 1, zero_centred: bool = True):
+        self.w = (1.0 + w.float() if zero_centred else w.float()).contiguous()
+        self.eps = eps
+        self.out = torch.empty(rows, self.w.numel())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows, n = self.out.shape
+        ld = x.stride(0) if x.dim() == 2 and rows > 1 else n
+        cpp.lib().hq_rmsnorm(rows, n, x.data_ptr(), ld, self.w.data_ptr(), self.eps, self.out.data_ptr())
+        return self.out
+
+
+class _Ffn:
+    def __init__(self, norm: torch.Tensor, k: CpuFFN, eps: float):
+        self.norm = _Norm(norm, eps)
+        self.gate, self.up, self.down = k.gate, k.up, k.down
+        self.fmt = cpp.FMT_CODE[k.gate.fmt]
+        H, I = k.gate.in_features, k.gate.out_features
+        self.H, self.I = H, I
+        self.hidden, self.y = torch.empty(1, I), torch.empty(1, H)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        h = self.norm(x)
+        g, u, d = self.gate, self.up, self.down
+        meta = lambda w: None if w.meta is None else w.meta.data_ptr()  # noqa: E731
+        cpp.lib().hq_ffn(self.fmt, g.data.data_ptr(), meta(g), u.data.data_ptr(), meta(u), d.data.data_ptr(),
+                         meta(d), self.H, self.I, h.data_ptr(), 1, self.hidden.data_ptr(), self.y.data_ptr())
+        x += self.y
+
+
+class _DeltaNet:
+    def __init__(self, cfg, norm: torch.Tensor, op: GatedDeltaNet, lins: dict):
+        self.norm = _Norm(norm, cfg.rms_norm_eps)
+        self.qkv, self.z, self.b, self.a, self.out = (lins[k] for k in ("qkv", "z", "b", "a", "out"))
+        self.op = op
+        self.Hk, self.Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        self.Dk, self.Dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        self.conv_dim, self.K = cfg.linear_conv_dim, cfg.linear_conv_kernel_dim
+        self.conv_w = op.conv_weight.float().contiguous()
+        self.A_log, self.dt_bias = op.A_log.float().contiguous(), op.dt_bias.float().contiguous()
+        self.gnorm_w = op.norm.float().contiguous()
+        self.eps = cfg.rms_norm_eps
+        self.o = torch.empty(self.Hv, self.Dv)
+        self.g = torch.empty(1, self.Hv * self.Dv)
+
+    def __call__(self, x: torch.Tensor, cache) -> None:
+        lib = cpp.lib()
+        h = self.norm(x)
+        qkv, z, b, a = self.qkv(h), self.z(h), self.b(h), self.a(h)
+        conv, state = cache.conv, cache.state
+        if conv.dtype != torch.float32 or state.dtype != torch.float32:
+            raise ValueError("the fast CPU decode path needs fp32 DeltaNet caches")
+        if lib.hq_deltanet_step(1, self.conv_dim, self.K, conv.shape[-1], qkv.data_ptr(), a.data_ptr(),
+                                b.data_ptr(), self.conv_w.data_ptr(), conv.data_ptr(), self.A_log.data_ptr(),
+                                self.dt_bias.data_ptr(), self.Hk, self.Hv, self.Dk, self.Dv,
+                                state.data_ptr(), self.o.data_ptr()) != 0:
+            raise ValueError("hq_deltanet_step rejected its shapes")
+        lib.hq_gated_rmsnorm(self.Hv, self.Dv, self.o.data_ptr(), z.data_ptr(), self.gnorm_w.data_ptr(),
+                             self.eps, self.g.data_ptr())
+        x += self.out(self.g)
+
+
+class _Attention:
+    def __init__(self, cfg, norm: torch.Tensor, op: Attention, lins: dict, rope):
+        self.cfg, self.rope = cfg, rope
+        self.norm = _Norm(norm, cfg.rms_norm_eps)
+        self.q, self.k, self.v, self.o = (lins[k] for k in ("q", "k", "v", "o"))
+        self.nh, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_norm = _Norm(op.q_norm, cfg.rms_norm_eps, rows=self.nh)
+        self.k_norm = _Norm(op.k_norm, cfg.rms_norm_eps, rows=self.nkv)
+        self.scale = op.scale
+
+    def __call__(self, x: torch.Tensor, cache, pos: int) -> None:
+        nh, nkv, D = self.nh, self.nkv, self.D
+        h = self.norm(x)
+        q = self.q(h)
+        gate = None
+        if self.cfg.attn_output_gate:  # per head [q(D), gate(D)]
+            qg = q.view(nh, 2 * D)
+            q, gate = self.q_norm(qg[:, :D]), qg[:, D:].reshape(1, nh * D)
+        else:
+            q = self.q_norm(q.view(nh, D))
+        k = self.k_norm(self.k(h).view(nkv, D))
+        v = self.v(h).view(1, nkv, 1, D)
+        cos, sin = self.rope.cos_sin(torch.tensor([pos]), torch.float32)
+        from ..model.rope import apply_rope
+        q = apply_rope(q.view(1, nh, 1, D), cos, sin)
+        k = apply_rope(k.view(1, nkv, 1, D), cos, sin)
+        K, V = cache.append(k.to(cache.dtype), v.to(cache.dtype))  # [1, nkv, L, D]
+        if K.shape[2] <= SHORT_CONTEXT:
+            qh = q.view(nkv, nh // nkv, D)
+            p = torch.softmax(torch.matmul(qh, K[0].float().transpose(-1, -2)) * self.scale, dim=-1)
+            o = torch.matmul(p, V[0].float()).view(1, nh * D)
+        else:
+            o = F.scaled_dot_product_attention(q.to(K.dtype), K, V, scale=self.scale, enable_gqa=nh != nkv)
+            o = o.float().reshape(1, nh * D)
+        if gate is not None:
+            o = o * torch.sigmoid(gate)
+        x += self.o(o.contiguous())
+
+
+class CpuDecodePath:
+    """Per layer: a fast one-token runner, or None where the generic path must run it."""
+
+    def __init__(self, layers: list, head):
+        self.layers, self.head = layers, head
+
+    @staticmethod
+    def build(model) -> "CpuDecodePath | None":
+        if not cpp.available():
+            return None
+        cfg = model.cfg
+        rope = model.rope(model.devices.cpu)
+        layers = []
+        for layer in model.layers:
+            layers.append(_build_layer(cfg, layer, rope))
+        head = None
+        hs = model.head
+        if hs.decode_device == "cpu" and _kernel(hs.ops.get("cpu"), CpuLinear) is not None:
+            head = (_Norm(hs.norms["cpu"], cfg.rms_norm_eps), _Linear(_kernel(hs.ops["cpu"], CpuLinear), True))
+        if all(x is None for x in layers):
+            return None
+        return CpuDecodePath(layers, head)
+
+    @staticmethod
+    def enabled() -> bool:
+        """Only while the C++ backend is the one in use (tests force the others)."""
+        return dispatch.forced_backend() in (None, "cpp")
+
+    def logits(self, x32: torch.Tensor) -> torch.Tensor:
+        norm, lin = self.head
+        return lin(norm(x32))
+
+
+def _build_layer(cfg, layer, rope):
+    mixer, ffn = layer.mixer, layer.ffn
+    if mixer.decode_device != "cpu" or ffn.decode_device != "cpu":
+        return None
+    fop = ffn.ops.get("cpu")
+    fk = _kernel(fop.fused, CpuFFN) if isinstance(fop, FFN) and fop.fused is not None else None
+    if fk is None:
+        return None
+    f = _Ffn(ffn.norms["cpu"], fk, cfg.rms_norm_eps)
+    mop = mixer.ops.get("cpu")
+    if layer.kind == FULL and isinstance(mop, Attention):
+        ks = {n: _kernel(getattr(mop, n + "_proj"), CpuLinear) for n in ("q", "k", "v", "o")}
+        if any(k is None for k in ks.values()):
+            return None
+        m = _Attention(cfg, mixer.norms["cpu"], mop, {n: _Linear(k) for n, k in ks.items()}, rope)
+    elif layer.kind != FULL and isinstance(mop, GatedDeltaNet) and mop.decode_step is not None:
+        names = {"qkv": mop.in_proj_qkv, "z": mop.in_proj_z, "b": mop.in_proj_b, "a": mop.in_proj_a,
+                 "out": mop.out_proj}
+        ks = {n: _kernel(op, CpuLinear) for n, op in names.items()}
+        if any(k is None for k in ks.values()):
+            return None
+        m = _DeltaNet(cfg, mixer.norms["cpu"], mop, {n: _Linear(k) for n, k in ks.items()})
+    else:
+        return None
+    return (layer.kind == FULL, m, f)

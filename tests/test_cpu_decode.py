@@ -1,0 +1,129 @@
+"""The one-token CPU fast path (executor/cpu_decode.py) equals the generic forward, and its C++
+norms equal the torch ones."""
+
+import pytest
+import torch
+
+import hetero_qwen
+from hetero_qwen.executor import cpu_decode
+from hetero_qwen.kernels import cpp, dispatch
+from hetero_qwen.model.layers import gated_rms_norm, rms_norm
+
+pytestmark = pytest.mark.skipif(not cpp.available(), reason="C++ kernels not built")
+
+PROMPT = [(13 * i + 7) % 300 + 1 for i in range(40)]
+FOLLOW = [(29 * i + 3) % 300 + 1 for i in range(12)]
+
+
+def load(path, fmt, dtype="fp32"):
+    return hetero_qwen.load(path, dtype=dtype, quiet=True,
+                            profile={"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256,
+                                     "weights": {"cpu_dtype": fmt}})
+
+
+def decode_logits(eng, fast: bool) -> torch.Tensor:
+    """Teacher-forced decode logits [len(FOLLOW), vocab] with the fast path on or off."""
+    keep = eng.model.cpu_decode
+    eng.model.cpu_decode = keep if fast else None
+    try:
+        s = eng.session()
+        s.feed(PROMPT)
+        return torch.stack([s.feed([t])[-1].float() for t in FOLLOW])
+    finally:
+        eng.model.cpu_decode = keep
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_fast_path_equals_generic_fp32(hf_causal, fmt):
+    _, path = hf_causal
+    eng = load(path, fmt)
+    fast = eng.model.cpu_decode
+    assert fast is not None and all(layer is not None for layer in fast.layers) and fast.head is not None
+    # fp32 model: the two paths differ only in summation order
+    assert rel(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
+
+
+def test_fast_path_bf16_close_to_generic(hf_causal):
+    _, path = hf_causal
+    eng = load(path, "bf16", dtype="bf16")
+    assert eng.model.cpu_decode is not None
+    a, b = decode_logits(eng, True), decode_logits(eng, False)
+    # the generic path rounds the residual to bf16 after every op; the fast one keeps it fp32
+    assert rel(a, b) < 0.03
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+
+
+def test_long_context_attention_branch(hf_causal, monkeypatch):
+    """Past SHORT_CONTEXT keys the fast path switches to SDPA: same result."""
+    _, path = hf_causal
+    eng = load(path, "int8")
+    ref = decode_logits(eng, False)
+    monkeypatch.setattr(cpu_decode, "SHORT_CONTEXT", 0)
+    assert rel(decode_logits(eng, True), ref) < 1e-4
+
+
+def test_fast_path_is_used_and_counts_cpu_time(hf_causal, monkeypatch):
+    _, path = hf_causal
+    eng = load(path, "int8")
+    calls = []
+    real = cpu_decode.CpuDecodePath.logits
+    monkeypatch.setattr(cpu_decode.CpuDecodePath, "logits", lambda self, x: calls.append(1) or real(self, x))
+    s = eng.session()
+    s.feed(PROMPT[:5])
+    assert calls == []  # prefill: generic path
+    busy = eng.devices.cpu.busy_seconds
+    s.feed([3])
+    assert calls == [1] and eng.devices.cpu.busy_seconds > busy
+
+
+def test_forced_backend_or_hook_takes_generic_path(hf_causal, monkeypatch):
+    _, path = hf_causal
+    eng = load(path, "int8")
+    monkeypatch.setattr(cpu_decode.CpuDecodePath, "logits", lambda self, x: pytest.fail("fast path ran"))
+    dispatch.force_backend("numba")
+    try:
+        s = eng.session()
+        s.feed(PROMPT[:5])
+        s.feed([3])
+    finally:
+        dispatch.force_backend(None)
+    eng.model.op_hook = lambda *a: None
+    s = eng.session()
+    s.feed(PROMPT[:5])
+    s.feed([3])
+
+
+def test_no_fast_path_for_torch_weights(hf_causal):
+    """fp32 float weights run through torch's F.linear: nothing for the fast path to call."""
+    _, path = hf_causal
+    assert load(path, "bf16", dtype="fp32").model.cpu_decode is None
+
+
+@pytest.mark.parametrize("rows,n", [(1, 64), (3, 37), (5, 128)])
+def test_cpp_rmsnorm_equals_torch(rows, n):
+    g = torch.Generator().manual_seed(rows * n)
+    x, w = torch.randn(rows, n, generator=g) * 3, torch.randn(n, generator=g) * 0.1
+    ref = rms_norm(x, w, 1e-6)
+    assert torch.allclose(cpp.rmsnorm(x, 1 + w, 1e-6), ref, rtol=1e-5, atol=1e-5)
+    # strided rows (q heads interleaved with their gates)
+    wide = torch.randn(rows, 2 * n, generator=g)
+    assert torch.allclose(cpp.rmsnorm(wide[:, :n], 1 + w, 1e-6), rms_norm(wide[:, :n].contiguous(), w, 1e-6),
+                          rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,n", [(1, 24), (6, 24), (4, 129)])
+def test_cpp_gated_rmsnorm_equals_torch(rows, n):
+    g = torch.Generator().manual_seed(rows + n)
+    x, z, w = torch.randn(rows, n, generator=g), torch.randn(rows, n, generator=g), torch.randn(n, generator=g)
+    assert torch.allclose(cpp.gated_rmsnorm(x, z, w, 1e-6), gated_rms_norm(x, z, w, 1e-6), rtol=1e-5, atol=1e-5)
+
+
+def test_cpp_rmsnorm_rejects_bad_input():
+    with pytest.raises(ValueError):
+        cpp.rmsnorm(torch.randn(2, 8, dtype=torch.float64), torch.ones(8), 1e-6)
+    with pytest.raises(ValueError):
+        cpp.gated_rmsnorm(torch.randn(2, 8), torch.randn(2, 7), torch.ones(8), 1e-6)
