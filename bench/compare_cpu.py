@@ -113,6 +113,9 @@ def main() -> None:
             hf_pre, hf_dec = med["transformers"]
             for f in formats:
                 pre, dec = med[f"ours-{f}"]
+                cfg = ours[f].cfg  # bytes one decode token reads: weights + DeltaNet state (read and written)
+                read = sum(g.decode_read_bytes(f) for g in cfg.weight_groups() if g.kind != "embed")
+                read += cfg.deltanet_state_bytes() * 2
                 row = {"size": size, "params": params, "dtype": args.dtype, "format": f, "threads": args.threads,
                        "prefill_tokens": args.prefill, "decode_tokens": args.decode,
                        "ours_prefill_tok_s": pre, "ours_decode_tok_s": dec,
@@ -121,11 +124,13 @@ def main() -> None:
                        "decode_vs_ours_bf16": dec / med["ours-bf16"][1] if "ours-bf16" in med else None,
                        "predicted_decode_tok_s": ours[f].plan.predicted.decode_tokens_per_s,
                        "prediction_error": ours[f].plan.predicted.decode_tokens_per_s / dec - 1,
-                       "read_bw_gbs": bw / 1e9}
+                       "read_bw_gbs": bw / 1e9, "bytes_per_token": read,
+                       "roofline_tok_s": bw / read, "roofline_fraction": dec * read / bw}
                 results.append(row)
                 print(f"{size:6s} {params / 1e6:7.1f}M {f:5s} {args.threads}t | prefill ours {pre:8.1f} "
                       f"hf {hf_pre:8.1f} tok/s x{pre / hf_pre:.2f} | decode ours {dec:7.1f} hf {hf_dec:7.1f} "
-                      f"tok/s x{dec / hf_dec:.2f} (planner {row['predicted_decode_tok_s']:.1f}, "
+                      f"tok/s x{dec / hf_dec:.2f}, {100 * row['roofline_fraction']:.0f}% of roofline "
+                      f"(planner {row['predicted_decode_tok_s']:.1f}, "
                       f"{100 * row['prediction_error']:+.0f}%)" + (f" | vs our bf16 x{row['decode_vs_ours_bf16']:.2f}"
                                                       if row["decode_vs_ours_bf16"] else ""), flush=True)
     out = {"bench": "compare_cpu", "machine": {"cpu": platform.processor() or platform.machine(),

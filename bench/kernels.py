@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from hetero_qwen.executor.host_arena import HostArena  # noqa: E402
 from hetero_qwen.formats import INT4_GROUP  # noqa: E402
 from hetero_qwen.kernels import cpp, dispatch, reference  # noqa: E402
 from hetero_qwen.kernels import numba_kernels as nk  # noqa: E402
@@ -42,6 +43,18 @@ from hetero_qwen.kernels.quant import PackedWeight, unpack_int4  # noqa: E402
 
 H, I = 5120, 17408
 HK, HV, DK, DV, KCONV = 16, 48, 128, 128, 4
+
+
+ARENA = [HostArena()]  # weights in the engine's huge-page host memory (--plain-pages: None)
+
+
+def home(t):
+    """A tensor or PackedWeight moved where the engine keeps CPU weights."""
+    if ARENA[0] is None:
+        return t
+    if isinstance(t, PackedWeight):
+        return ARENA[0].copy_packed(t)
+    return ARENA[0].copy(t)
 
 
 def timeit(fn, reps):
@@ -55,7 +68,7 @@ def timeit(fn, reps):
 
 
 def read_bandwidth(reps):
-    buf = torch.ones(256 * 1024 * 1024)  # 1 GiB fp32
+    buf = home(torch.ones(256 * 1024 * 1024))  # 1 GiB fp32, in the weights' kind of memory
     t = timeit(lambda: buf.sum(), reps)
     return buf.numel() * 4 / t / 1e9
 
@@ -104,9 +117,9 @@ def bench_ffn(fmt, threads, reps, bw, batches, with_numba, H=H, I=I, cold_bytes=
     g = torch.Generator().manual_seed(0)
 
     def make():
-        return (PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt),
-                PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt),
-                PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt))
+        return (home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
+                home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
+                home(PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)))
 
     first = make()
     nbytes = sum(w.nbytes for w in first)
@@ -138,8 +151,8 @@ def bench_linear(fmt, threads, reps, bw, out_f, in_f, kernel, cold_bytes=320 << 
     g = torch.Generator().manual_seed(2)
     first = PackedWeight.from_float(torch.randn(out_f, in_f, generator=g) * 0.02, fmt)
     n = max(1, -(-cold_bytes // first.nbytes))
-    ws = [first] + [PackedWeight(fmt, first.data.clone(), None if first.meta is None else first.meta.clone(),
-                                 out_f, in_f) for _ in range(n - 1)]
+    ws = [home(first)] + [home(PackedWeight(fmt, first.data.clone(), None if first.meta is None else first.meta.clone(),
+                                            out_f, in_f)) for _ in range(n - 1)]
     x, out = torch.randn(1, in_f, generator=g), torch.empty(1, out_f)
     rows = []
     if cpp.available():
@@ -201,6 +214,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object per kernel")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--no-numba", action="store_true")
+    ap.add_argument("--plain-pages", action="store_true",
+                    help="weights and the bandwidth buffer in ordinary 4 KiB pages, not the engine's huge-page arena")
     ap.add_argument("--no-torch", action="store_true", help="skip torch's paths (vs_torch = null)")
     ap.add_argument("--cold-mb", type=int, default=320, help="weight bytes rotated per case (>> LLC)")
     ap.add_argument("--int4-groups", action="store_true", help="print the int4 group-size table and exit")
@@ -209,6 +224,9 @@ def main(argv=None):
         for r in int4_group_table():
             print(json.dumps(r))
         return 0
+    if a.plain_pages:
+        ARENA[0] = None
+    pages = "4KiB" if a.plain_pages else "huge (THP arena)"
     dispatch.set_threads(a.threads)
     bw = read_bandwidth(a.reps)
     rows = []
@@ -227,7 +245,7 @@ def main(argv=None):
         for r in rows:
             print(json.dumps(r))
     else:
-        print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s   [{machine()['cpp_isa']}]")
+        print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s   [{machine()['cpp_isa']}, pages: {pages}]")
         print(f"{'kernel':14} {'shape':12} {'fmt':5} {'B':>2} {'backend':7} {'ms':>8} {'GB/s':>7} {'of bw':>6} {'vs torch':>8}")
         for r in rows:
             vt = "" if r["vs_torch"] is None else f"{r['vs_torch']}x"
@@ -242,7 +260,7 @@ def main(argv=None):
                 runs = json.load(f).get("runs", {})
         except (OSError, ValueError):
             runs = {}
-    runs[str(a.threads)] = dict(read_bw_gbps=round(bw, 2), cold_mb=a.cold_mb, results=rows)
+    runs[str(a.threads)] = dict(read_bw_gbps=round(bw, 2), cold_mb=a.cold_mb, pages=pages, results=rows)
     with open(path, "w") as f:
         json.dump(dict(machine=machine(), runs=runs), f, indent=1)
     return 0

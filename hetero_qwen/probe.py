@@ -31,11 +31,14 @@ def _best(fn, repeats: int) -> float:
 
 def read_bandwidth(threads: int, nbytes: int = CPU_BUFFER, repeats: int = 5) -> float:
     """Bytes/s of a `threads`-thread fp32 sum over `nbytes` (best of `repeats`): the read
-    bandwidth the profile, the planner and the benches compare against."""
+    bandwidth the profile, the planner and the benches compare against. The buffer lives in the
+    same huge-page host memory as the engine's CPU weights (executor.host_arena)."""
     import torch
 
+    from .executor.host_arena import HostArena
+
     torch.set_num_threads(threads)
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    x = HostArena().empty((nbytes // 4,), torch.float32).fill_(1.0)
     return nbytes / _best(lambda: x.sum(), repeats)
 
 
