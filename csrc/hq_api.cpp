@@ -280,7 +280,7 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
                 p.xo[b * half + i] = x[b * in + 2 * i + 1];
             }
         g.xe = p.xe.data(); g.xo = p.xo.data();
-    } else if (fmt == HQ_INT4) {
+    } else if (fmt == HQ_INT4 || (fmt == HQ_INT8 && isa()->int8dot)) {
         const int64_t ng = g.groups;
         p.xq.resize((size_t)B * ng * HQ_G); p.xs.resize((size_t)B * ng); p.xsum.resize((size_t)B * ng);
         for (int b = 0; b < B; b++)
@@ -405,6 +405,7 @@ int hq_abi_version() { return 1; }
 int hq_group_size() { return HQ_G; }
 const char* hq_isa_name() { return isa()->name; }
 int hq_isa_supported(int which) { return isa_supported(which); }
+int hq_isa_int8dot() { return isa()->int8dot; }  // int8 weights take int8 activations (VNNI)
 
 // which: 0 scalar, 1 avx2, 2 avx512 (+VNNI), 3 avx512 + BF16 dot products (opt-in), -1 best. Returns 0, or -1 when unsupported here.
 int hq_force_isa(int which) {

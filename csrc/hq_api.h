@@ -17,9 +17,9 @@ struct Gemv {
     const float* xe;    // bf16: [B, in/2] even inputs
     const float* xo;    // bf16: [B, in/2] odd inputs
     const uint16_t* xb; // bf16 on a bf16-dot ISA (avx512bf16): [B, in] x rounded to bf16 (RNE)
-    const int8_t* xq;   // int4: [B, groups*G] int8 activations
-    const float* xs;    // int4: [B, groups] activation scales
-    const float* xsum;  // int4: [B, groups] xs * sum(xq): group sums of dequantized x
+    const int8_t* xq;   // int4 (int8 on an int8dot ISA): [B, groups*G] int8 activations
+    const float* xs;    // [B, groups] activation scales
+    const float* xsum;  // [B, groups] xs * sum(xq): group sums of dequantized x
     int64_t groups;
     const char* pf_end;  // software prefetch never reaches this address (end of the row range)
     int64_t pf_dist;     // bytes to prefetch ahead of the row block being read (0: off)
@@ -37,6 +37,7 @@ struct HqIsa {
     void (*deltanet_head)(float* S, const float* k, const float* q, const float* v, float eg,
                           float beta, float kq, int64_t Dk, int64_t Dv, float* o);
     int bf16dot;  // bf16 weights take g.xb (bf16 activations) instead of g.xe / g.xo
+    int int8dot;  // int8 weights take int8 activations per 64-group (g.xq/xs/xsum), as int4 does
 };
 
 extern const HqIsa hq_isa_scalar;

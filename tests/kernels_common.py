@@ -49,3 +49,19 @@ def bf16_activations(backend_name: str, fmt: str) -> bool:
 
 def round_bf16(x):
     return x.bfloat16().float()
+
+
+def int8_activations(backend_name: str, fmt: str) -> bool:
+    """The AVX-512 C++ int8 kernels quantize activations to int8 per 64-group (VNNI)."""
+    return backend_name == "cpp" and fmt == "int8" and cpp.available() and cpp.int8_activations()
+
+
+def exact_ref(backend_name: str, x, w):
+    """What a kernel computes: the int4 (or VNNI int8) integer-activation path, else fp32."""
+    from hetero_qwen.kernels import reference
+    from hetero_qwen.kernels.quant import int4_linear_exact, int8_linear_exact
+    if w.fmt == "int4":
+        return int4_linear_exact(x, w)
+    if int8_activations(backend_name, w.fmt):
+        return int8_linear_exact(x, w)
+    return reference.linear(x, w)

@@ -43,6 +43,8 @@ def test_fast_path_equals_generic_fp32(hf_causal, fmt):
     eng = load(path, fmt)
     fast = eng.model.cpu_decode
     assert fast is not None and all(layer is not None for layer in fast.layers) and fast.head is not None
+    # the loader stored each mixer's input projections back to back: one kernel call for them
+    assert all(layer[1].fused is not None for layer in fast.layers)
     # fp32 model: the two paths differ only in summation order
     assert rel(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
 
@@ -51,6 +53,7 @@ def test_fast_path_bf16_close_to_generic(hf_causal):
     _, path = hf_causal
     eng = load(path, "bf16", dtype="bf16")
     assert eng.model.cpu_decode is not None
+    assert all(layer[1].fused is not None for layer in eng.model.cpu_decode.layers)
     a, b = decode_logits(eng, True), decode_logits(eng, False)
     # the generic path rounds the residual to bf16 after every op; the fast one keeps it fp32
     assert rel(a, b) < 0.03
@@ -127,3 +130,26 @@ def test_cpp_rmsnorm_rejects_bad_input():
         cpp.rmsnorm(torch.randn(2, 8, dtype=torch.float64), torch.ones(8), 1e-6)
     with pytest.raises(ValueError):
         cpp.gated_rmsnorm(torch.randn(2, 8), torch.randn(2, 7), torch.ones(8), 1e-6)
+
+
+def test_unfused_projections_still_take_the_fast_path(hf_causal, monkeypatch):
+    """Projections not stored back to back (e.g. some of them pinned or on disk) run one by one."""
+    from hetero_qwen.executor import placement
+    _, path = hf_causal
+    monkeypatch.setattr(placement, "FUSED_ROWS", {})
+    eng = load(path, "int4")
+    fast = eng.model.cpu_decode
+    assert all(layer[1].fused is None for layer in fast.layers)
+    assert rel(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
+
+
+def test_fuse_rows_views_share_one_block():
+    from hetero_qwen.executor.placement import fuse_rows
+    from hetero_qwen.kernels.quant import PackedWeight
+    ws = [PackedWeight.from_float(torch.randn(r, 130), "int4") for r in (5, 3, 7)]
+    views = fuse_rows(ws, lambda shape, dt: torch.empty(shape, dtype=dt), PackedWeight)
+    for w, v in zip(ws, views):
+        assert torch.equal(w.data, v.data) and torch.equal(w.meta, v.meta) and v.out_features == w.out_features
+    assert views[1].data.data_ptr() == views[0].data.data_ptr() + views[0].data.numel()
+    assert cpu_decode._fused([cpu_decode.CpuLinear(v, "int4") for v in views]).weight.out_features == 15
+    assert cpu_decode._fused([cpu_decode.CpuLinear(w, "int4") for w in ws]) is None  # separate buffers

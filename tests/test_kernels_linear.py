@@ -5,9 +5,9 @@ import torch
 
 from hetero_qwen.kernels import cpp, dispatch, reference
 from hetero_qwen.kernels import numba_kernels as nk
-from hetero_qwen.kernels.quant import PackedWeight, int4_act_error_bound, int4_linear_exact
+from hetero_qwen.kernels.quant import PackedWeight, act_error_bound, int4_linear_exact, int8_linear_exact
 
-from kernels_common import BF16_ACT_REL, backend, bf16_activations, round_bf16, threads  # noqa: F401
+from kernels_common import BF16_ACT_REL, backend, bf16_activations, exact_ref, int8_activations, round_bf16, threads  # noqa: F401
 
 SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17), (19, 1100)]  # not multiples of 8/16/32/64 (17: < one vector;
 # 1100: 17 int4 groups, two 8-group steps of the AVX-512 int4 loop + one more + a partial group)
@@ -22,11 +22,6 @@ def run_ffn(be, x, g, u, d):
     return cpp.ffn(x, g, u, d) if be == "cpp" else nk.ffn(x, g, u, d)
 
 
-def exact_ref(x, w):
-    """What the kernels compute: fp32 dequant matmul, or the int4 integer-activation path."""
-    return int4_linear_exact(x, w) if w.fmt == "int4" else reference.linear(x, w)
-
-
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("B", [1, 2, 5, 11])
 def test_linear_matches_reference(backend, threads, fmt, B):
@@ -36,15 +31,15 @@ def test_linear_matches_reference(backend, threads, fmt, B):
         x = torch.randn(B, n, generator=g)
         y = run_linear(backend, x, w)
         bf = bf16_activations(backend, fmt)
-        ref = exact_ref(round_bf16(x) if bf else x, w)
+        ref = exact_ref(backend, round_bf16(x) if bf else x, w)
         absdot = x.abs() @ w.dequantize().abs().t()
         tol = 1e-5 * absdot + 1e-5
         assert ((y - ref).abs() <= tol).all(), (fmt, out, n, (y - ref).abs().max())
         if bf:  # and within half a bf16 ulp per activation of the fp32 reference
             assert ((y - reference.linear(x, w)).abs() <= BF16_ACT_REL * absdot + tol).all()
-        if fmt == "int4":  # and within the activation-quantization bound of the fp32 reference
-            plain = reference.linear(x, w)
-            assert ((y - plain).abs() <= int4_act_error_bound(x, w) + tol).all()
+        if fmt == "int4" or int8_activations(backend, fmt):  # and within the activation-
+            plain = reference.linear(x, w)                     # quantization bound of fp32
+            assert ((y - plain).abs() <= act_error_bound(x, w) + tol).all()
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -65,9 +60,10 @@ def test_ffn_matches_reference(backend, threads, fmt, B):
         assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
         return
     y = run_ffn(backend, x, gate, up, down)
-    if fmt == "int4":
-        h = torch.nn.functional.silu(int4_linear_exact(x, gate)) * int4_linear_exact(x, up)
-        ref = int4_linear_exact(h, down)
+    if fmt == "int4" or int8_activations(backend, fmt):
+        ex = int4_linear_exact if fmt == "int4" else int8_linear_exact
+        h = torch.nn.functional.silu(ex(x, gate)) * ex(x, up)
+        ref = ex(h, down)
     else:
         ref = reference.ffn_decode(x, gate, up, down)
     assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

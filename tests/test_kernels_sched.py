@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hetero_qwen.kernels import cpp, reference
-from hetero_qwen.kernels.quant import PackedWeight, int4_linear_exact
+from hetero_qwen.kernels.quant import PackedWeight, int4_linear_exact, int8_linear_exact
 
-from kernels_common import backend, bf16_activations, round_bf16, threads  # noqa: F401
+from kernels_common import backend, bf16_activations, exact_ref, int8_activations, round_bf16, threads  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not cpp.available(), reason="C++ kernels not built")
 
@@ -31,7 +31,7 @@ def knobs(request):
 
 
 def _ref(x, w):
-    return int4_linear_exact(x, w) if w.fmt == "int4" else reference.linear(x, w)
+    return exact_ref("cpp", x, w)
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
@@ -55,9 +55,10 @@ def test_knobs_keep_results(backend, threads, knobs, fmt, B):
     y = cpp.ffn(x, gate, up, down, hidden=hid)
     if bf16_activations(backend, fmt):  # bf16-rounded activations: exact on the kernel's hidden
         ref = reference.linear(round_bf16(hid), down)
-    elif fmt == "int4":
-        h = torch.nn.functional.silu(int4_linear_exact(x, gate)) * int4_linear_exact(x, up)
-        ref = int4_linear_exact(h, down)
+    elif fmt == "int4" or int8_activations(backend, fmt):
+        ex = int4_linear_exact if fmt == "int4" else int8_linear_exact
+        h = torch.nn.functional.silu(ex(x, gate)) * ex(x, up)
+        ref = ex(h, down)
     else:
         ref = reference.ffn_decode(x, gate, up, down)
     assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
@@ -65,7 +66,7 @@ def test_knobs_keep_results(backend, threads, knobs, fmt, B):
 
 def test_weight_validation_is_cached_but_follows_replaced_tensors():
     w = PackedWeight.from_float(torch.randn(16, 32), "int8")
-    x = torch.randn(1, 32)
+    x = torch.randn(1, 32)  # 32 inputs: no full 64-group, fp32 activations on every ISA
     assert torch.allclose(cpp.linear(x, w), reference.linear(x, w), rtol=1e-5, atol=1e-5)
     w.data = torch.randn(16, 32).t().contiguous().t().to(torch.int8)  # new tensor, not contiguous
     with pytest.raises(ValueError, match="expected contiguous"):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..config import FULL
 from ..kernels import cpp, dispatch
 from ..kernels.ops import CpuFFN, CpuLinear
+from ..kernels.quant import PackedWeight
 from ..model.layers import FFN, Attention, GatedDeltaNet
 from .placement import CpuKernelOp
 
@@ -36,6 +37,26 @@ def _kernel(op, cls):
     if isinstance(op, CpuKernelOp) and isinstance(op.kernel, cls):
         return op.kernel
     return None
+
+
+def _rows_block(ts: list[torch.Tensor]) -> torch.Tensor | None:
+    """One tensor over matrices stored back to back in one buffer (placement.fuse_rows), else None."""
+    for a, b in zip(ts, ts[1:]):
+        if (a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.dtype != b.dtype
+                or a.shape[1:] != b.shape[1:] or not (a.is_contiguous() and b.is_contiguous())
+                or a.data_ptr() + a.numel() * a.element_size() != b.data_ptr()):
+            return None
+    return ts[0].as_strided((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), ts[0].stride())
+
+
+def _fused(ks: list[CpuLinear]) -> CpuLinear | None:
+    """The input projections as one matrix, when the loader stored their rows back to back."""
+    ws = [k.weight for k in ks]
+    data = _rows_block([w.data for w in ws])
+    meta = _rows_block([w.meta for w in ws]) if ws[0].meta is not None else None
+    if data is None or (ws[0].meta is not None and meta is None) or len({w.fmt for w in ws}) != 1:
+        return None
+    return CpuLinear(PackedWeight(ws[0].fmt, data, meta, data.shape[0], ws[0].in_features), ws[0].fmt)
 
 
 class _Linear:
@@ -92,6 +113,7 @@ class _DeltaNet:
     def __init__(self, cfg, norm: torch.Tensor, op: GatedDeltaNet, lins: dict):
         self.norm = _Norm(norm, cfg.rms_norm_eps)
         self.qkv, self.z, self.b, self.a, self.out = (lins[k] for k in ("qkv", "z", "b", "a", "out"))
+        self.fused = lins.get("in")  # qkv | z | b | a rows in one matrix: one call instead of four
         self.op = op
         self.Hk, self.Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.Dk, self.Dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
@@ -102,11 +124,15 @@ class _DeltaNet:
         self.eps = cfg.rms_norm_eps
         self.o = torch.empty(self.Hv, self.Dv)
         self.g = torch.empty(1, self.Hv * self.Dv)
+        self.splits = [self.conv_dim, self.Hv * self.Dv, self.Hv, self.Hv]
 
     def __call__(self, x: torch.Tensor, cache) -> None:
         lib = cpp.lib()
         h = self.norm(x)
-        qkv, z, b, a = self.qkv(h), self.z(h), self.b(h), self.a(h)
+        if self.fused is not None:
+            qkv, z, b, a = self.fused(h).split(self.splits, dim=1)  # B = 1: each slice is contiguous
+        else:
+            qkv, z, b, a = self.qkv(h), self.z(h), self.b(h), self.a(h)
         conv, state = cache.conv, cache.state
         if conv.dtype != torch.float32 or state.dtype != torch.float32:
             raise ValueError("the fast CPU decode path needs fp32 DeltaNet caches")
@@ -125,7 +151,10 @@ class _Attention:
         self.cfg, self.rope = cfg, rope
         self.norm = _Norm(norm, cfg.rms_norm_eps)
         self.q, self.k, self.v, self.o = (lins[k] for k in ("q", "k", "v", "o"))
+        self.fused = lins.get("in")  # q | k | v rows in one matrix
         self.nh, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qrows = self.nh * self.D * (2 if cfg.attn_output_gate else 1)
+        self.splits = [qrows, self.nkv * self.D, self.nkv * self.D]
         self.q_norm = _Norm(op.q_norm, cfg.rms_norm_eps, rows=self.nh)
         self.k_norm = _Norm(op.k_norm, cfg.rms_norm_eps, rows=self.nkv)
         self.scale = op.scale
@@ -133,15 +162,18 @@ class _Attention:
     def __call__(self, x: torch.Tensor, cache, pos: int) -> None:
         nh, nkv, D = self.nh, self.nkv, self.D
         h = self.norm(x)
-        q = self.q(h)
+        if self.fused is not None:
+            q, kk, vv = self.fused(h).split(self.splits, dim=1)
+        else:
+            q, kk, vv = self.q(h), self.k(h), self.v(h)
         gate = None
         if self.cfg.attn_output_gate:  # per head [q(D), gate(D)]
             qg = q.view(nh, 2 * D)
             q, gate = self.q_norm(qg[:, :D]), qg[:, D:].reshape(1, nh * D)
         else:
             q = self.q_norm(q.view(nh, D))
-        k = self.k_norm(self.k(h).view(nkv, D))
-        v = self.v(h).view(1, nkv, 1, D)
+        k = self.k_norm(kk.view(nkv, D))
+        v = vv.view(1, nkv, 1, D)
         cos, sin = self.rope.cos_sin(torch.tensor([pos]), torch.float32)
         from ..model.rope import apply_rope
         q = apply_rope(q.view(1, nh, 1, D), cos, sin)
@@ -206,14 +238,22 @@ def _build_layer(cfg, layer, rope):
         ks = {n: _kernel(getattr(mop, n + "_proj"), CpuLinear) for n in ("q", "k", "v", "o")}
         if any(k is None for k in ks.values()):
             return None
-        m = _Attention(cfg, mixer.norms["cpu"], mop, {n: _Linear(k) for n, k in ks.items()}, rope)
+        lins = {n: _Linear(k) for n, k in ks.items()}
+        fused = _fused([ks["q"], ks["k"], ks["v"]])
+        if fused is not None:
+            lins["in"] = _Linear(fused)
+        m = _Attention(cfg, mixer.norms["cpu"], mop, lins, rope)
     elif layer.kind != FULL and isinstance(mop, GatedDeltaNet) and mop.decode_step is not None:
         names = {"qkv": mop.in_proj_qkv, "z": mop.in_proj_z, "b": mop.in_proj_b, "a": mop.in_proj_a,
                  "out": mop.out_proj}
         ks = {n: _kernel(op, CpuLinear) for n, op in names.items()}
         if any(k is None for k in ks.values()):
             return None
-        m = _DeltaNet(cfg, mixer.norms["cpu"], mop, {n: _Linear(k) for n, k in ks.items()})
+        lins = {n: _Linear(k) for n, k in ks.items()}
+        fused = _fused([ks["qkv"], ks["z"], ks["b"], ks["a"]])
+        if fused is not None:
+            lins["in"] = _Linear(fused)
+        m = _DeltaNet(cfg, mixer.norms["cpu"], mop, lins)
     else:
         return None
     return (layer.kind == FULL, m, f)

@@ -99,6 +99,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
     def home_matrices(g: WeightGroup, p: Placement) -> dict:
         out = {}
         pinned = p.stream_prefill and torch.cuda.is_available()  # page-locked for real copies to the GPU
+        to_arena = {}  # local -> tensor | PackedWeight bound for RAM, placed at the end (fused rows)
         for local, shape in g.matrices:
             full = tensor_name(g.name, g.kind, local, cfg)
             if full in packed_names:  # a pre-quantized checkpoint
@@ -107,9 +108,10 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                     if p.home == "disk":
                         disk.alloc(pw.nbytes, g.name)  # kernels read the mapped file directly
                         out[local] = pw
-                        continue
-                    out[local] = _pin_packed(pw, True) if pinned else arena.copy_packed(pw)
-                    release(full, full + META_SUFFIX)
+                    elif pinned:
+                        out[local] = _pin_packed(pw, True)
+                    else:
+                        to_arena[local] = pw
                     continue
                 t = pw.dequantize()  # GPU (or another CPU format): back to float once, at load
                 release(full, full + META_SUFFIX)
@@ -122,15 +124,37 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                 out[local] = t  # a view of the mapped file: the page cache is this tier
                 continue
             elif cpu_format(p) != "float":  # packed once here; the CPU kernels and staging share it
-                pw = pack_rows(t, cpu_format(p), kernels.PackedWeight, alloc=None if pinned else arena.empty)
-                out[local] = _pin_packed(pw, pinned)
+                pw = pack_rows(t, cpu_format(p), kernels.PackedWeight)
+                if pinned:
+                    out[local] = _pin_packed(pw, True)
+                else:
+                    to_arena[local] = pw
             elif pinned:  # resident RAM as planned, page-locked: it will be streamed
                 c = t.to(dtype)
                 out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name, pin=True)
-            else:  # resident RAM as planned, in huge pages (decode streams it every token)
-                out[local] = devices.cpu.place(arena.copy(t.to(dtype)), g.name)
+            else:  # resident RAM as planned: charged now, copied to the arena below
+                devices.cpu.memory.alloc(t.numel() * dtype.itemsize, g.name)
+                to_arena[local] = t.to(dtype)
+                continue  # released once copied
             release(full)
+        out.update(settle(g, to_arena))
         return out
+
+    def settle(g: WeightGroup, parts: dict) -> dict:
+        """Copy RAM-bound matrices into the arena. A mixer's input projections (FUSED_ROWS) go to
+        consecutive rows of one block, so the CPU decode path reads them in one kernel call."""
+        placed = {}
+        fuse = [k for k in FUSED_ROWS.get(g.kind, ()) if k in parts]
+        if len(fuse) > 1 and len({_fmt_of(parts[k]) for k in fuse}) == 1:
+            views = fuse_rows([parts[k] for k in fuse], arena.empty, kernels.PackedWeight if kernels else None)
+            placed.update(zip(fuse, views))
+        for k, v in parts.items():
+            if k not in placed:
+                placed[k] = arena.copy_packed(v) if hasattr(v, "fmt") else arena.copy(v)
+        for k in parts:
+            full = tensor_name(g.name, g.kind, k, cfg)
+            release(full, full + META_SUFFIX) if full in packed_names else release(full)
+        return placed
 
     def vectors_on(g: WeightGroup, dev_name: str) -> dict[str, torch.Tensor]:
         dev = devices[dev_name]
@@ -226,6 +250,34 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
         model.prefetcher = Prefetcher(devices, staged)
         _bind_slots(model, model.prefetcher)
     return model
+
+
+# A mixer's input projections, stored as consecutive rows of one block when they live in RAM.
+FUSED_ROWS = {"deltanet": ("in_proj_qkv.weight", "in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight"),
+              "attention": ("q_proj.weight", "k_proj.weight", "v_proj.weight")}
+
+
+def _fmt_of(w) -> str:
+    return w.fmt if hasattr(w, "fmt") else str(w.dtype)
+
+
+def fuse_rows(ws: list, alloc, packed_cls=None) -> list:
+    """Copy same-format [rows_i, in] matrices (tensors or PackedWeights) into one block from
+    `alloc(shape, dtype)`; returns per-matrix row views of it, in order."""
+    def stack(ts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        block = alloc((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), ts[0].dtype)
+        torch.cat(ts, out=block)
+        rows, views = 0, []
+        for t in ts:
+            views.append(block[rows:rows + t.shape[0]])
+            rows += t.shape[0]
+        return block, views
+
+    if not hasattr(ws[0], "fmt"):
+        return stack(ws)[1]
+    _, data = stack([w.data for w in ws])
+    meta = stack([w.meta for w in ws])[1] if ws[0].meta is not None else [None] * len(ws)
+    return [packed_cls(w.fmt, d, m, w.out_features, w.in_features) for w, d, m in zip(ws, data, meta)]
 
 
 def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096, alloc=None):

@@ -101,6 +101,12 @@ def isa() -> str:
     return lib().hq_isa_name().decode()
 
 
+def int8_activations() -> bool:
+    """Whether the ISA copy in use quantizes int8-format activations to int8 per 64-group
+    (AVX512-VNNI dot products; quant.int8_linear_exact is its arithmetic) instead of fp32."""
+    return bool(lib().hq_isa_int8dot())
+
+
 def isa_supported(name: str) -> bool:
     return bool(lib().hq_isa_supported(ISA_CODE[name]))
 

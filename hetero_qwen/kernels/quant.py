@@ -195,9 +195,30 @@ def int4_linear_exact(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     return y.float()
 
 
-def int4_act_error_bound(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
-    """Bound on |int4 kernel - linear_dequant| from activation quantization: [B, out]."""
+def int8_linear_exact(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """The VNNI int8 kernel's arithmetic (AVX-512 ISAs) in fp64: activations quantized per full
+    group of G inputs as for int4, the partial last group in fp32, one weight scale per row."""
+    assert w.fmt == "int8"
+    x = x.float()
+    n, full = w.in_features, w.in_features // G
+    xq, xs, _ = quantize_activations_int4(x)
+    q = w.data.double()
+    B = x.shape[0]
+    y = torch.zeros(B, w.out_features, dtype=torch.float64)
+    if full:
+        dots = torch.einsum("ogj,bgj->bog", q[:, : full * G].view(-1, full, G),
+                            xq[:, : full * G].double().view(B, full, G))
+        y += (dots * xs[:, None, :full].double()).sum(-1)
+    if n > full * G:
+        y += x[:, full * G:].double() @ q[:, full * G:].t()
+    return (y * w.meta.double()[None, :]).float()
+
+
+def act_error_bound(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """Bound on |kernel with int8 activations - linear_dequant| from activation quantization
+    (int4, and int8 on the VNNI ISAs): half an activation step per input of a full group: [B, out]."""
     n, full = w.in_features, w.in_features // G
     _, xs, _ = quantize_activations_int4(x)
     wabs = w.dequantize().abs()[:, : full * G].view(w.out_features, full, G).sum(-1)  # [out, full]
     return (xs[:, :full] / 2) @ wabs.t()
+
