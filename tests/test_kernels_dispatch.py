@@ -84,7 +84,11 @@ def test_env_disable(monkeypatch):
 
 def test_kernel_info_fields():
     info = kernel_info()
-    for k in ("backend", "cpp_isa", "cpu_isa", "threads", "cpu"):
+    for k in ("backend", "cpp_isa", "cpu_isa", "threads", "cpu", "int8_activations"):
         assert k in info
+    if cpp.available():  # the ISA copy in use says whether int8 weights get int8 activations
+        cpp.force_isa("avx2" if cpp.isa_supported("avx2") else "scalar")
+        assert kernel_info()["int8_activations"] == "fp32"
+        cpp.force_isa(None)
     assert dispatch.set_threads(1) == 1 and kernel_info()["threads"] == 1
     dispatch.set_threads(2)

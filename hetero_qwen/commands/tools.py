@@ -45,7 +45,8 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
     print(f"cpu: {k['cpu']}  isa: {' '.join(k.get('cpu_isa', []))}")
     print(f"cpu kernels: backend {k['backend']}{' (forced)' if k['forced'] else ''}, "
           f"c++ {'isa ' + str(k['cpp_isa']) if k['cpp_available'] else 'not built: ' + str(k.get('cpp_error'))}, "
-          f"threads {k['threads']}, prefill {k['prefill_backend']}")
+          f"threads {k['threads']}, int8-weight activations {k['int8_activations']}, "
+          f"prefill {k['prefill_backend']}")
     print("cuda: " + (", ".join(out["cuda_devices"]) if out["cuda"] else "none (the GPU tier is simulated)"))
     sys.stdout.flush()
 

@@ -182,6 +182,8 @@ def kernel_info() -> dict:
         "forced": forced is not None,
         "cpp_available": cpp.available(),
         "cpp_isa": cpp.isa() if cpp.available() else None,
+        "int8_activations": ("int8 per 64 inputs (VNNI)" if cpp.available() and cpp.int8_activations()
+                             else "fp32"),
         "cpu": feats["cpu"],
         "cpu_isa": feats["isa"],
         "threads": get_threads(),
