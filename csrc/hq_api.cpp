@@ -168,6 +168,7 @@ std::mutex g_call_mu;  // one kernel call at a time (ctypes releases the GIL)
 int64_t g_pf_dist = 8192;            // software prefetch distance, bytes (hq_tune 0)
 int64_t g_min_split = 256 * 1024;    // bytes per thread below which a matrix is not split (hq_tune 1)
 int64_t g_pf_long = 16384;           // row blocks above this use per-row prefetch streams (hq_tune 3)
+int64_t g_rows1 = 0;                 // rows per block at batch 1, 0 = per-format default (hq_tune 4)
 
 constexpr int MAXT = 64;
 struct alignas(64) Range {
@@ -218,6 +219,7 @@ void rows_range(const Gemv& g0, int64_t r0, int64_t r1, int64_t hi, float* y, in
     g.pf_end = (const char*)g.w + hi * row_bytes(g);
     g.pf_dist = g_pf_dist;
     g.pf_long = g_pf_long;
+    g.rows1 = g_rows1;
     isa()->rows(g, r0, r1, y, ldy);
 }
 
@@ -427,7 +429,7 @@ int hq_get_threads() { return pool().size(); }
 // before a matrix is split, 2 worker spin before sleeping (microseconds). Returns the old value.
 int64_t hq_tune(int key, int64_t value) {
     std::lock_guard<std::mutex> lk(g_call_mu);
-    int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long : nullptr;
+    int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long : key == 4 ? &g_rows1 : nullptr;
     if (!p) return -1;
     int64_t old = *p;
     if (value >= 0) *p = value;

@@ -25,6 +25,7 @@ struct Gemv {
     int64_t pf_dist;     // bytes to prefetch ahead of the row block being read (0: off)
     int64_t pf_row;      // set by the row driver: per-row prefetch distance (0: linear mode)
     int64_t pf_long;     // row blocks above this many bytes use per-row prefetch streams
+    int64_t rows1;       // rows per block at batch 1 (1, 2, 4 or 8); 0: the format's default
 };
 
 #ifndef HQ_PF_LOCALITY

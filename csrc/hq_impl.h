@@ -319,7 +319,14 @@ struct RowsDriver {
             if (g.xq) { c.xq = g.xq + b0 * g.groups * HQ_G; c.xs = g.xs + b0 * g.groups; c.xsum = g.xsum + b0 * g.groups; }
             float* yc = y + b0 * ldy;
             switch (nb) {
-                case 1: run_nb<1, K<1, 1>::R1>(c, r0, r1, yc, ldy); break;
+                case 1:  // rows per block: the format's default, or a tuned count (hq_tune 4)
+                    switch (g.rows1 ? g.rows1 : K<1, 1>::R1) {
+                        case 1: run_nb<1, 1>(c, r0, r1, yc, ldy); break;
+                        case 2: run_nb<1, 2>(c, r0, r1, yc, ldy); break;
+                        case 8: run_nb<1, 8>(c, r0, r1, yc, ldy); break;
+                        default: run_nb<1, 4>(c, r0, r1, yc, ldy); break;
+                    }
+                    break;
                 case 2: run_nb<2, 2>(c, r0, r1, yc, ldy); break;
                 case 3: run_nb<3, 2>(c, r0, r1, yc, ldy); break;
                 case 4: run_nb<4, 2>(c, r0, r1, yc, ldy); break;

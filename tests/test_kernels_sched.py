@@ -17,6 +17,9 @@ KNOBS = {  # name -> settings that reach each code path on small test shapes
     "far-prefetch": {"prefetch_bytes": 1 << 20},
     "split-everything": {"min_split_bytes": 0, "prefetch_bytes": 64},
     "no-spin": {"spin_us": 0},
+    "1-row-blocks": {"rows_per_block": 1},
+    "2-row-blocks": {"rows_per_block": 2, "prefetch_long_block": 0},
+    "8-row-blocks": {"rows_per_block": 8},
 }
 
 
