@@ -144,4 +144,5 @@ def working_set_hook(devices: Devices):
         n = x.numel() * x.element_size() + out.numel() * out.element_size()
         dev.memory.alloc(n, f"op {op_name}")
         dev.memory.free(n, f"op {op_name}")
+    hook.gpu_only = True  # a no-op for CPU ops: the one-token CPU fast path may skip it
     return hook

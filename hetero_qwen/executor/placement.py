@@ -234,7 +234,10 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
     head_g = groups["lm_head"]
     hp = placements[head_g.name]
     if cfg.tie_word_embeddings and "lm_head.weight" not in ckpt:
-        head_mats = {"weight": embed}
+        if home_device(hp.home) == home_device(ep.home):  # shared: the embedding's own weight
+            head_mats = {"weight": embed.packed if isinstance(embed, PackedEmbedding) else embed}
+        else:  # planned on the other device: its own copy there (the plan counts the head's bytes)
+            head_mats = home_matrices(embed_g, hp)
     else:
         head_mats = home_matrices(head_g, hp)
     head = slot_for(head_g, hp, head_mats, f"{cfg.text_prefix}norm.weight")

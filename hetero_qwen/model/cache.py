@@ -84,7 +84,9 @@ class DeltaNetCache:
         raise ValueError("a DeltaNet recurrent state cannot be trimmed; restore a snapshot instead")
 
     def snapshot(self) -> DeltaNetSnapshot:
-        return DeltaNetSnapshot(self.conv.clone(), self.state.clone())
+        """A copy in host memory: snapshots are not charged to the device budget (a GPU-resident
+        state's copies would take VRAM the plan never counted)."""
+        return DeltaNetSnapshot(self.conv.to("cpu", copy=True), self.state.to("cpu", copy=True))
 
     def restore(self, snap: DeltaNetSnapshot) -> None:
         self.conv.copy_(snap.conv)

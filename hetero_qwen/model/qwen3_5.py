@@ -118,7 +118,8 @@ class Qwen35Model:
             rows = {n: (1 if last_only and n == self.head.name else T) for n in order}
             self.prefetcher.begin([n for n in order if slots[n].device_for(rows[n]) in slots[n].streamed])
         positions = torch.arange(start, start + T)
-        fast = self.cpu_decode if (T == 1 and B == 1 and self.op_hook is None and self.cpu_decode is not None
+        hook_ok = self.op_hook is None or getattr(self.op_hook, "gpu_only", False)  # fast layers are CPU-only
+        fast = self.cpu_decode if (T == 1 and B == 1 and hook_ok and self.cpu_decode is not None
                                    and self.cpu_decode.enabled()) else None
         x32 = None  # the fp32 residual while consecutive layers take the fast path
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
