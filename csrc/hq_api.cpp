@@ -281,24 +281,10 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
             }
         g.xe = p.xe.data(); g.xo = p.xo.data();
     } else if (fmt == HQ_INT4) {
-        const int64_t ng = g.groups;
-        p.xq.resize((size_t)B * ng * HQ_G); p.xs.resize((size_t)B * ng); p.xsum.resize((size_t)B * ng);
+        const int64_t lq = hq_xq_ld(in), ls = hq_xs_ld(in);
+        p.xq.assign((size_t)B * lq + 1, 0); p.xs.assign((size_t)B * ls + 1, 0.f); p.xsum.assign((size_t)B * ls + 1, 0.f);
         for (int b = 0; b < B; b++)
-            for (int64_t q = 0; q < ng; q++) {
-                const float* xg = x + b * in + q * HQ_G;
-                const int64_t n = in - q * HQ_G < HQ_G ? in - q * HQ_G : HQ_G;
-                float amax = 0.f;
-                for (int64_t j = 0; j < n; j++) amax = std::fmax(amax, std::fabs(xg[j]));
-                const float scale = amax / 127.f;
-                int8_t* dst = p.xq.data() + (b * ng + q) * HQ_G;
-                int32_t isum = 0;
-                for (int64_t j = 0; j < HQ_G; j++) {
-                    dst[j] = (j < n && scale > 0.f) ? (int8_t)std::nearbyint(xg[j] / scale) : 0;
-                    isum += dst[j];
-                }
-                p.xs[b * ng + q] = scale;
-                p.xsum[b * ng + q] = (float)isum * scale;  // sum of the dequantized activations
-            }
+            isa()->int4_prep(x + b * in, in, p.xq.data() + b * lq, p.xs.data() + b * ls, p.xsum.data() + b * ls);
         g.xq = p.xq.data(); g.xs = p.xs.data(); g.xsum = p.xsum.data();
     }
 }
