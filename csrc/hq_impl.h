@@ -153,6 +153,8 @@ static inline __attribute__((always_inline)) void int4_chunk(const Gemv& g, int6
     const __mmask32 mm = FULL ? (__mmask32)~0u : (__mmask32)((1ull << (2 * n)) - 1);
     __m512 sx[R][NB];
     for (int i = 0; i < R; i++) {
+        // the same chunk of the next block's rows (one line each; the weight prefetch skips meta)
+        if ((const char*)g.w + (r + R + i + 1) * rowb <= g.pf_end) __builtin_prefetch(meta + ((r + R + i) * ng + c) * 2, 0, HQ_PF_LOCALITY);
         const __m512i mv = _mm512_maskz_loadu_epi16(mm, meta + ((r + i) * ng + c) * 2);
         const __m512 m0 = _mm512_cvtph_ps(_mm512_castsi512_si256(mv));
         const __m512 m1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(mv, 1));
