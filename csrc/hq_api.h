@@ -35,6 +35,8 @@ struct Gemv {
     int64_t pf_dist;     // bytes to prefetch ahead of the row block being read (0: off)
     int64_t pf_row;      // set by the row driver: per-row prefetch distance (0: linear mode)
     int64_t pf_long;     // row blocks above this many bytes use per-row prefetch streams
+    int64_t pf_l2_row;   // rows above this many bytes are prefetched into L2 only (prefetcht2)
+    int pf_l2;           // set by the row driver: row_bytes > pf_l2_row
 };
 
 #ifndef HQ_PF_LOCALITY

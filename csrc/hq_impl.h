@@ -7,15 +7,20 @@
 namespace {
 
 // ------------------------------------------------------------------------------- prefetch
-// Lines [p, p + n) into the cache (n rounded up to whole lines), never at or past lim.
-static inline void pf_lines(const char* p, int64_t n, const char* lim) {
+// The line at p into the cache; into L2 only (prefetcht2) when g.pf_l2.
+static inline void pf_line(const void* p, const Gemv& g) {
+    if (g.pf_l2) __builtin_prefetch(p, 0, 1);
+    else __builtin_prefetch(p, 0, HQ_PF_LOCALITY);
+}
+// Weight lines [p, p + n) (n rounded up to whole lines), never at or past g.pf_end.
+static inline void pf_lines(const char* p, int64_t n, const Gemv& g) {
     for (int64_t o = 0; o < n; o += 64)
-        if (p + o < lim) __builtin_prefetch(p + o, 0, HQ_PF_LOCALITY);
+        if (p + o < g.pf_end) pf_line(p + o, g);
 }
 // Per kernel step: the lines starting in [off, off + n) of the prefetch stream at pf.
-static inline void pf_step(const char* pf, int64_t off, int64_t n, const char* lim) {
-    if (n >= 64) pf_lines(pf + off, n, lim);
-    else if ((off & 63) < n) pf_lines(pf + (off & ~(int64_t)63), 64, lim);
+static inline void pf_step(const char* pf, int64_t off, int64_t n, const Gemv& g) {
+    if (n >= 64) pf_lines(pf + off, n, g);
+    else if ((off & 63) < n) pf_lines(pf + (off & ~(int64_t)63), 64, g);
 }
 // Long rows (g.pf_row > 0): each of the R rows of a block is its own stream, prefetched
 // g.pf_row bytes ahead of offset kb; past the row's end the stream continues in the same row
@@ -25,7 +30,7 @@ static inline void pf_rows(const char* w, int64_t r, int64_t rb, int64_t kb, int
     const int64_t t = kb + g.pf_row;
     for (int i = 0; i < R; i++) {
         const char* base = w + (r + i) * rb + (t < rb ? 0 : (R - 1) * rb);
-        pf_step(base, t, n, g.pf_end);
+        pf_step(base, t, n, g);
     }
 }
 static inline int64_t row_bytes(const Gemv& g) {
@@ -49,7 +54,7 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nvec; k += 32) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, 2 * in, 2 * k, 64, g);
-        else pf_step(pf, R * 2 * k, R * 64, g.pf_end);
+        else pf_step(pf, R * 2 * k, R * 64, g);
         __m512bh wv[R];
         for (int i = 0; i < R; i++) wv[i] = (__m512bh)_mm512_loadu_si512((const void*)(w + (r + i) * in + k));
         for (int b = 0; b < NB; b++) {
@@ -76,7 +81,7 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, 2 * in, 4 * k, 4 * W, g);  // 4W bytes per row per step
-        else pf_step(pf, R * 4 * k, R * 4 * W, g.pf_end);
+        else pf_step(pf, R * 4 * k, R * 4 * W, g);
         vf lo[R], hi[R];
         for (int i = 0; i < R; i++) vload_bf16x2(w + (r + i) * in + 2 * k, lo[i], hi[i]);
         for (int b = 0; b < NB; b++) {
@@ -107,7 +112,7 @@ static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, in, k, W, g);
-        else pf_step(pf, R * k, R * W, g.pf_end);
+        else pf_step(pf, R * k, R * W, g);
         vf wv[R];
         for (int i = 0; i < R; i++) wv[i] = vload_i8(w + (r + i) * in + k);
         for (int b = 0; b < NB; b++) {
@@ -154,7 +159,7 @@ static inline __attribute__((always_inline)) void int4_chunk(const Gemv& g, int6
     __m512 sx[R][NB];
     for (int i = 0; i < R; i++) {
         // the same chunk of the next block's rows (one line each; the weight prefetch skips meta)
-        if ((const char*)g.w + (r + R + i + 1) * rowb <= g.pf_end) __builtin_prefetch(meta + ((r + R + i) * ng + c) * 2, 0, HQ_PF_LOCALITY);
+        if ((const char*)g.w + (r + R + i + 1) * rowb <= g.pf_end) pf_line(meta + ((r + R + i) * ng + c) * 2, g);
         const __m512i mv = _mm512_maskz_loadu_epi16(mm, meta + ((r + i) * ng + c) * 2);
         const __m512 m0 = _mm512_cvtph_ps(_mm512_castsi512_si256(mv));
         const __m512 m1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(mv, 1));
@@ -170,7 +175,7 @@ static inline __attribute__((always_inline)) void int4_chunk(const Gemv& g, int6
     for (int p = 0; p < np; p++) {
         const int64_t q = c + 2 * p, kb = q * (HQ_G / 2);  // first group of the pair, its byte offset
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, kb, HQ_G, g);
-        else pf_step(pf, R * kb, R * HQ_G, g.pf_end);
+        else pf_step(pf, R * kb, R * HQ_G, g);
         __m512i lo[R], hi[R];
         for (int i = 0; i < R; i++) {
             const uint8_t* src = w + (r + i) * rowb + kb;
@@ -224,7 +229,7 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
         __m256i lo[R], hi[R];
         float sc[R], mo[R];
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
-        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
             __m256i v = _mm256_loadu_si256((const __m256i*)p);
@@ -255,7 +260,7 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = off[i][b] = 0.f;
     for (int64_t q = 0; q < full; q++) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
-        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
             const uint16_t* m = meta + ((r + i) * ng + q) * 2;
@@ -350,11 +355,15 @@ struct RowsDriver {
         int64_t M = g.pf_dist <= 0 ? 0 : (g.pf_dist + blk - 1) / blk;
         Gemv gr = g;  // long rows: per-row streams (see pf_rows)
         gr.pf_row = R > 1 && g.pf_dist > 0 && g.pf_dist / R < rb && blk > g.pf_long ? g.pf_dist / R : 0;
+        // rows longer than pf_l2_row: prefetch into L2 only. Several long-row streams defeat the
+        // L2 hardware prefetcher, and prefetcht0 then holds an L1 miss buffer for a whole DRAM
+        // latency: one Zen 4 thread got ~16 GB/s on 5120x17408 int4 with prefetcht0, ~29 with t2.
+        gr.pf_l2 = rb > g.pf_l2_row;
         if (gr.pf_row) M = 1;
         const char* w = (const char*)g.w;
         if (M) {  // warm-up: the blocks the loop below will not prefetch
             int64_t n = M * blk < g.pf_dist ? M * blk : g.pf_dist;
-            pf_lines(w + r0 * rb, n, g.pf_end);
+            pf_lines(w + r0 * rb, n, g);
         }
         const char* none = (const char*)g.pf_end;  // a stream at the limit prefetches nothing
         int64_t r = r0;

@@ -119,7 +119,8 @@ def get_threads() -> int:
     return lib().hq_get_threads()
 
 
-TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2, "prefetch_long_block": 3}
+TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2, "prefetch_long_block": 3,
+             "prefetch_l2_row": 4}
 
 
 def tune(key: str, value: int = -1) -> int:
@@ -128,8 +129,9 @@ def tune(key: str, value: int = -1) -> int:
     prefetch_bytes: software prefetch distance (0 = off); min_split_bytes: a matrix is split
     over threads only with at least this many bytes per thread; spin_us: how long an idle
     worker spins before it sleeps; prefetch_long_block: row blocks (4 rows at batch 1) larger
-    than this are prefetched as one stream per row instead of one linear stream. value < 0
-    only reads.
+    than this are prefetched as one stream per row instead of one linear stream;
+    prefetch_l2_row: rows larger than this (bytes) are prefetched into L2 only (prefetcht2)
+    instead of L1. value < 0 only reads.
     """
     return int(lib().hq_tune(TUNE_KEYS[key], int(value)))
 
