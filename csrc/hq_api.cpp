@@ -168,7 +168,8 @@ std::mutex g_call_mu;  // one kernel call at a time (ctypes releases the GIL)
 int64_t g_pf_dist = 8192;            // software prefetch distance, bytes (hq_tune 0)
 int64_t g_min_split = 256 * 1024;    // bytes per thread below which a matrix is not split (hq_tune 1)
 int64_t g_pf_long = 16384;           // row blocks above this use per-row prefetch streams (hq_tune 3)
-int64_t g_rows1 = 0;                 // rows per block at batch 1, 0 = per-format default (hq_tune 4)
+int64_t g_pf_l2_row = 2048;          // rows above this many bytes are prefetched into L2 only (hq_tune 4)
+int64_t g_rows1 = 0;                 // rows per block at batch 1, 0 = per-format default (hq_tune 5)
 
 constexpr int MAXT = 64;
 struct alignas(64) Range {
@@ -219,6 +220,7 @@ void rows_range(const Gemv& g0, int64_t r0, int64_t r1, int64_t hi, float* y, in
     g.pf_end = (const char*)g.w + hi * row_bytes(g);
     g.pf_dist = g_pf_dist;
     g.pf_long = g_pf_long;
+    g.pf_l2_row = g_pf_l2_row;
     g.rows1 = g_rows1;
     isa()->rows(g, r0, r1, y, ldy);
 }
@@ -282,25 +284,11 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
                 p.xo[b * half + i] = x[b * in + 2 * i + 1];
             }
         g.xe = p.xe.data(); g.xo = p.xo.data();
-    } else if (fmt == HQ_INT4 || (fmt == HQ_INT8 && isa()->int8dot)) {
-        const int64_t ng = g.groups;
-        p.xq.resize((size_t)B * ng * HQ_G); p.xs.resize((size_t)B * ng); p.xsum.resize((size_t)B * ng);
+    } else if (fmt == HQ_INT4 || (fmt == HQ_INT8 && isa()->int8dot)) {  // int8: VNNI ISAs
+        const int64_t lq = hq_xq_ld(in), ls = hq_xs_ld(in);
+        p.xq.assign((size_t)B * lq + 1, 0); p.xs.assign((size_t)B * ls + 1, 0.f); p.xsum.assign((size_t)B * ls + 1, 0.f);
         for (int b = 0; b < B; b++)
-            for (int64_t q = 0; q < ng; q++) {
-                const float* xg = x + b * in + q * HQ_G;
-                const int64_t n = in - q * HQ_G < HQ_G ? in - q * HQ_G : HQ_G;
-                float amax = 0.f;
-                for (int64_t j = 0; j < n; j++) amax = std::fmax(amax, std::fabs(xg[j]));
-                const float scale = amax / 127.f;
-                int8_t* dst = p.xq.data() + (b * ng + q) * HQ_G;
-                int32_t isum = 0;
-                for (int64_t j = 0; j < HQ_G; j++) {
-                    dst[j] = (j < n && scale > 0.f) ? (int8_t)std::nearbyint(xg[j] / scale) : 0;
-                    isum += dst[j];
-                }
-                p.xs[b * ng + q] = scale;
-                p.xsum[b * ng + q] = (float)isum * scale;  // sum of the dequantized activations
-            }
+            isa()->int4_prep(x + b * in, in, p.xq.data() + b * lq, p.xs.data() + b * ls, p.xsum.data() + b * ls);
         g.xq = p.xq.data(); g.xs = p.xs.data(); g.xsum = p.xsum.data();
     }
 }
@@ -426,10 +414,13 @@ int hq_set_threads(int n) {
 int hq_get_threads() { return pool().size(); }
 
 // Tuning knobs for benchmarks: 0 prefetch distance (bytes, 0 = off), 1 min bytes per thread
-// before a matrix is split, 2 worker spin before sleeping (microseconds). Returns the old value.
+// before a matrix is split, 2 worker spin before sleeping (microseconds), 3 row-block bytes
+// above which rows are prefetched as separate streams, 4 row bytes above which prefetches go to
+// L2 only. Returns the old value.
 int64_t hq_tune(int key, int64_t value) {
     std::lock_guard<std::mutex> lk(g_call_mu);
-    int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long : key == 4 ? &g_rows1 : nullptr;
+    int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long
+                 : key == 4 ? &g_pf_l2_row : key == 5 ? &g_rows1 : nullptr;
     if (!p) return -1;
     int64_t old = *p;
     if (value >= 0) *p = value;

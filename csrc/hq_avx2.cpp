@@ -2,4 +2,4 @@
 #define HQ_AVX2 1
 #include "hq_impl.h"
 
-extern const HqIsa hq_isa_avx2 = {"avx2", rows_any, deltanet_head, 0, 0};
+extern const HqIsa hq_isa_avx2 = {"avx2", rows_any, deltanet_head, int4_prep, 0, 0};

@@ -2,4 +2,4 @@
 #define HQ_AVX512 1
 #include "hq_impl.h"
 
-extern const HqIsa hq_isa_avx512 = {"avx512", rows_any, deltanet_head, 0, 1};
+extern const HqIsa hq_isa_avx512 = {"avx512", rows_any, deltanet_head, int4_prep, 0, 1};

@@ -7,15 +7,20 @@
 namespace {
 
 // ------------------------------------------------------------------------------- prefetch
-// Lines [p, p + n) into the cache (n rounded up to whole lines), never at or past lim.
-static inline void pf_lines(const char* p, int64_t n, const char* lim) {
+// The line at p into the cache; into L2 only (prefetcht2) when g.pf_l2.
+static inline void pf_line(const void* p, const Gemv& g) {
+    if (g.pf_l2) __builtin_prefetch(p, 0, 1);
+    else __builtin_prefetch(p, 0, HQ_PF_LOCALITY);
+}
+// Weight lines [p, p + n) (n rounded up to whole lines), never at or past g.pf_end.
+static inline void pf_lines(const char* p, int64_t n, const Gemv& g) {
     for (int64_t o = 0; o < n; o += 64)
-        if (p + o < lim) __builtin_prefetch(p + o, 0, HQ_PF_LOCALITY);
+        if (p + o < g.pf_end) pf_line(p + o, g);
 }
 // Per kernel step: the lines starting in [off, off + n) of the prefetch stream at pf.
-static inline void pf_step(const char* pf, int64_t off, int64_t n, const char* lim) {
-    if (n >= 64) pf_lines(pf + off, n, lim);
-    else if ((off & 63) < n) pf_lines(pf + (off & ~(int64_t)63), 64, lim);
+static inline void pf_step(const char* pf, int64_t off, int64_t n, const Gemv& g) {
+    if (n >= 64) pf_lines(pf + off, n, g);
+    else if ((off & 63) < n) pf_lines(pf + (off & ~(int64_t)63), 64, g);
 }
 // Long rows (g.pf_row > 0): each of the R rows of a block is its own stream, prefetched
 // g.pf_row bytes ahead of offset kb; past the row's end the stream continues in the same row
@@ -25,7 +30,7 @@ static inline void pf_rows(const char* w, int64_t r, int64_t rb, int64_t kb, int
     const int64_t t = kb + g.pf_row;
     for (int i = 0; i < R; i++) {
         const char* base = w + (r + i) * rb + (t < rb ? 0 : (R - 1) * rb);
-        pf_step(base, t, n, g.pf_end);
+        pf_step(base, t, n, g);
     }
 }
 static inline int64_t row_bytes(const Gemv& g) {
@@ -49,7 +54,7 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nvec; k += 32) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, 2 * in, 2 * k, 64, g);
-        else pf_step(pf, R * 2 * k, R * 64, g.pf_end);
+        else pf_step(pf, R * 2 * k, R * 64, g);
         __m512bh wv[R];
         for (int i = 0; i < R; i++) wv[i] = (__m512bh)_mm512_loadu_si512((const void*)(w + (r + i) * in + k));
         for (int b = 0; b < NB; b++) {
@@ -76,7 +81,7 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, 2 * in, 4 * k, 4 * W, g);  // 4W bytes per row per step
-        else pf_step(pf, R * 4 * k, R * 4 * W, g.pf_end);
+        else pf_step(pf, R * 4 * k, R * 4 * W, g);
         vf lo[R], hi[R];
         for (int i = 0; i < R; i++) vload_bf16x2(w + (r + i) * in + 2 * k, lo[i], hi[i]);
         for (int b = 0; b < NB; b++) {
@@ -107,7 +112,7 @@ static inline void bf16_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
 // with its memory (the fp32 path is compute-bound on one thread).
 template <int R, int NB>
 static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
-    const int64_t in = g.in, ng = g.groups, full = in / HQ_G;
+    const int64_t in = g.in, full = in / HQ_G, lq = hq_xq_ld(in), ls = hq_xs_ld(in);
     const int8_t* w = (const int8_t*)g.w;
     const float* scale = (const float*)g.meta;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
@@ -115,20 +120,23 @@ static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     float corr[NB];
     for (int b = 0; b < NB; b++) {
         float c = 0.f;
-        for (int64_t q = 0; q < full; q++) c += g.xsum[b * ng + q];
+        for (int64_t q = 0; q < full; q++) c += g.xsum[b * ls + q];
         corr[b] = 128.f * c;
         for (int i = 0; i < R; i++) acc[i][b] = _mm512_setzero_ps();
     }
     for (int64_t q = 0; q < full; q++) {
         const int64_t k = q * HQ_G;
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, in, k, HQ_G, g);
-        else pf_step(pf, R * k, R * HQ_G, g.pf_end);
+        else pf_step(pf, R * k, R * HQ_G, g);
         __m512i wu[R];
         for (int i = 0; i < R; i++)
             wu[i] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(w + (r + i) * in + k)), flip);
-        for (int b = 0; b < NB; b++) {
-            const __m512i xv = _mm512_loadu_si512((const void*)(g.xq + (b * ng + q) * HQ_G));
-            const __m512 xs = _mm512_set1_ps(g.xs[b * ng + q]);
+        for (int b = 0; b < NB; b++) {  // xq is pair-interleaved (hq_api.h): x[0:32) and x[32:64)
+            const int8_t* xg = g.xq + b * lq + hq_xq_off(q);                    // are 64 bytes apart
+            const __m512i xv = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)xg)),
+                _mm256_loadu_si256((const __m256i*)(xg + HQ_G)), 1);
+            const __m512 xs = _mm512_set1_ps(g.xs[b * ls + q]);
             for (int i = 0; i < R; i++) {
                 __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[i], xv);
                 acc[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), xs, acc[i][b]);
@@ -156,7 +164,7 @@ static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = vzero();
     for (int64_t k = 0; k < nvec; k += W) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, in, k, W, g);
-        else pf_step(pf, R * k, R * W, g.pf_end);
+        else pf_step(pf, R * k, R * W, g);
         vf wv[R];
         for (int i = 0; i < R; i++) wv[i] = vload_i8(w + (r + i) * in + k);
         for (int b = 0; b < NB; b++) {
@@ -183,41 +191,98 @@ static inline void int8_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
 // where xsum_g = xs_g * sum(xq_g) is the sum of the dequantized activations, so the result is
 // exactly dot(dequantized w, dequantized x) (an exact xsum would pair the int8 rounding error
 // with |w - offset| instead of |w|: ~4x larger error on Gaussian rows).
-#if defined(HQ_AVX2) || defined(HQ_AVX512)
-static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
-    __m256i x0 = _mm256_loadu_si256((const __m256i*)xq);
-    __m256i x1 = _mm256_loadu_si256((const __m256i*)(xq + 32));
-#if defined(HQ_AVX512)  // AVX512-VNNI (+VL): u8 x s8 -> s32 in one instruction
-    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x0), hi, x1);
-#else  // maddubs: |products| <= 15*127*2 per pair, sum of both halves <= 7620: no saturation
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-#endif
-}
-static inline float hsum256(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
-template <int R, int NB>
-static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
-    const int64_t in = g.in, ng = g.groups, full = in / HQ_G, rowb = ng * (HQ_G / 2);
+// xq is pair-interleaved (hq_api.h): group q's x[0:32) at hq_xq_off(q), x[32:64) 64 bytes on.
+#if defined(HQ_AVX512)
+// AVX512-VNNI. One 64-byte load holds the groups 2p, 2p+1 of a row; two vpdpbusd against the
+// pair's activations give 16 int32 partial dots (lanes 0-7: group 2p, 8-15: group 2p+1), which
+// are scaled per lane and accumulated in fp32; lanes are summed once at the end of the row.
+// Scales and offsets are converted 16 groups at a time (vcvtph2ps): per row and token, the
+// lane factors scale * xs come from one vpermps of a 16-group vector, and the offset term is
+// one FMA per 16 groups. Chunk of groups [c, c + n), n <= 16 (FULL: n == 16, fully unrolled).
+template <int R, int NB, bool FULL>
+static inline __attribute__((always_inline)) void int4_chunk(const Gemv& g, int64_t r, int64_t c, int n,
+                                                             __m512 (&acc)[R][NB], const char* pf) {
+    const int64_t ng = g.groups, rowb = ng * (HQ_G / 2), lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
     const uint8_t* w = (const uint8_t*)g.w;
     const uint16_t* meta = (const uint16_t*)g.meta;
-    float off[R][NB];
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) off[i][b] = 0.f;
-#if defined(HQ_AVX2) || defined(HQ_AVX512)
+    // per row: fp16 (scale, offset) x 16 groups -> fp32 scales (times xs per token) and offsets
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __mmask32 mm = FULL ? (__mmask32)~0u : (__mmask32)((1ull << (2 * n)) - 1);
+    __m512 sx[R][NB];
+    for (int i = 0; i < R; i++) {
+        // the same chunk of the next block's rows (one line each; the weight prefetch skips meta)
+        if ((const char*)g.w + (r + R + i + 1) * rowb <= g.pf_end) pf_line(meta + ((r + R + i) * ng + c) * 2, g);
+        const __m512i mv = _mm512_maskz_loadu_epi16(mm, meta + ((r + i) * ng + c) * 2);
+        const __m512 m0 = _mm512_cvtph_ps(_mm512_castsi512_si256(mv));
+        const __m512 m1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(mv, 1));
+        const __m512 sc = _mm512_permutex2var_ps(m0, even, m1), of = _mm512_permutex2var_ps(m0, odd, m1);
+        for (int b = 0; b < NB; b++) {
+            sx[i][b] = _mm512_mul_ps(sc, _mm512_loadu_ps(g.xs + b * ls + c));
+            acc[i][b] = _mm512_fmadd_ps(of, _mm512_loadu_ps(g.xsum + b * ls + c), acc[i][b]);
+        }
+    }
+    const __m512i m0f = _mm512_set1_epi8(0x0F);
+    const __m512i half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int np = FULL ? 8 : (n + 1) / 2;
+    for (int p = 0; p < np; p++) {
+        const int64_t q = c + 2 * p, kb = q * (HQ_G / 2);  // first group of the pair, its byte offset
+        if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, kb, HQ_G, g);
+        else pf_step(pf, R * kb, R * HQ_G, g);
+        __m512i lo[R], hi[R];
+        for (int i = 0; i < R; i++) {
+            const uint8_t* src = w + (r + i) * rowb + kb;
+            // a lone last group: upper half zero (its activations are zero-padded too)
+            const __m512i v = FULL || 2 * p + 1 < n ? _mm512_loadu_si512((const void*)src)
+                                                    : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)src));
+            lo[i] = _mm512_and_si512(v, m0f);
+            hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+        }
+        const __m512i idx = _mm512_add_epi32(half, _mm512_set1_epi32(2 * p));  // lane -> its group in sx
+        for (int b = 0; b < NB; b++) {
+            const int8_t* xq = g.xq + b * lq + hq_xq_off(q);
+            const __m512i x0 = _mm512_loadu_si512((const void*)xq), x1 = _mm512_loadu_si512((const void*)(xq + HQ_G));
+            for (int i = 0; i < R; i++) {
+                const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x0), hi[i], x1);
+                acc[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(idx, sx[i][b]), acc[i][b]);
+            }
+        }
+    }
+}
+
+template <int R, int NB>
+static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const char* pf) {
+    const int64_t full = g.in / HQ_G;
+    __m512 acc[R][NB];
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= full; c += 16) int4_chunk<R, NB, true>(g, r, c, 16, acc, pf);
+    if (c < full) int4_chunk<R, NB, false>(g, r, c, (int)(full - c), acc, pf);
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = _mm512_reduce_add_ps(acc[i][b]);
+}
+#elif defined(HQ_AVX2)
+// maddubs: |products| <= 15*127*2 per pair, sum of both halves <= 7620: no saturation
+static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
+    __m256i x0 = _mm256_loadu_si256((const __m256i*)xq);
+    __m256i x1 = _mm256_loadu_si256((const __m256i*)(xq + HQ_G));
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+template <int R, int NB>
+static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const char* pf) {
+    const int64_t ng = g.groups, full = g.in / HQ_G, rowb = ng * (HQ_G / 2), lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
+    const uint8_t* w = (const uint8_t*)g.w;
+    const uint16_t* meta = (const uint16_t*)g.meta;
     const __m256i m0f = _mm256_set1_epi8(0x0F);
     __m256 acc[R][NB];
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = _mm256_setzero_ps();
+    float off[R][NB];
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) { acc[i][b] = _mm256_setzero_ps(); off[i][b] = 0.f; }
     for (int64_t q = 0; q < full; q++) {
         __m256i lo[R], hi[R];
         float sc[R], mo[R];
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
-        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
             __m256i v = _mm256_loadu_si256((const __m256i*)p);
@@ -227,8 +292,8 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
             sc[i] = f16_to_f32(m[0]); mo[i] = f16_to_f32(m[1]);
         }
         for (int b = 0; b < NB; b++) {
-            const int8_t* xq = g.xq + b * ng * HQ_G + q * HQ_G;
-            const float xs = g.xs[b * ng + q], xsum = g.xsum[b * ng + q];
+            const int8_t* xq = g.xq + b * lq + hq_xq_off(q);
+            const float xs = g.xs[b * ls + q], xsum = g.xsum[b * ls + q];
             for (int i = 0; i < R; i++) {
                 __m256 d = _mm256_cvtepi32_ps(u4s8_dot(lo[i], hi[i], xq));
                 acc[i][b] = _mm256_fmadd_ps(d, _mm256_set1_ps(sc[i] * xs), acc[i][b]);
@@ -236,47 +301,95 @@ static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, c
             }
         }
     }
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = vhsum(acc[i][b]) + off[i][b];
+}
 #else
-    float acc[R][NB];
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = 0.f;
+template <int R, int NB>
+static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const char* pf) {
+    const int64_t ng = g.groups, full = g.in / HQ_G, rowb = ng * (HQ_G / 2), lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
+    const uint8_t* w = (const uint8_t*)g.w;
+    const uint16_t* meta = (const uint16_t*)g.meta;
+    float acc[R][NB], off[R][NB];
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) acc[i][b] = off[i][b] = 0.f;
     for (int64_t q = 0; q < full; q++) {
         if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
-        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g.pf_end);
+        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g);
         for (int i = 0; i < R; i++) {
             const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
             const uint16_t* m = meta + ((r + i) * ng + q) * 2;
             float sc = f16_to_f32(m[0]), mo = f16_to_f32(m[1]);
             for (int b = 0; b < NB; b++) {
-                const int8_t* xq = g.xq + b * ng * HQ_G + q * HQ_G;
+                const int8_t* xq = g.xq + b * lq + hq_xq_off(q);
                 int32_t d = 0;
                 for (int j = 0; j < HQ_G / 2; j++)
-                    d += (int32_t)(p[j] & 15) * xq[j] + (int32_t)(p[j] >> 4) * xq[j + HQ_G / 2];
-                acc[i][b] += (float)d * (sc * g.xs[b * ng + q]);
-                off[i][b] += mo * g.xsum[b * ng + q];
+                    d += (int32_t)(p[j] & 15) * xq[j] + (int32_t)(p[j] >> 4) * xq[j + HQ_G];
+                acc[i][b] += (float)d * (sc * g.xs[b * ls + q]);
+                off[i][b] += mo * g.xsum[b * ls + q];
             }
         }
     }
+    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = acc[i][b] + off[i][b];
+}
 #endif
+
+// One token's int4 activations (the in / G full groups of x [in]) into xq (pair-interleaved,
+// hq_api.h), xs, xsum; exactly quant.quantize_activations_int4: xs = max|x| / 127,
+// xq = round-half-even(x / xs) (the default rounding mode), xsum = xs * sum(xq).
+static void int4_prep(const float* x, int64_t in, int8_t* xq, float* xs, float* xsum) {
+    for (int64_t q = 0; q < in / HQ_G; q++) {
+        const float* xg = x + q * HQ_G;
+        int8_t* dst = xq + hq_xq_off(q);  // x[j] at dst[j], x[32 + j] at dst[64 + j]
+#if defined(HQ_AVX512)
+        __m512 v[4], amax = _mm512_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm512_loadu_ps(xg + 16 * k);
+            amax = _mm512_max_ps(_mm512_abs_ps(v[k]), amax);
+        }
+        const float scale = _mm512_reduce_max_ps(amax) / 127.f;
+        const __m512 vs = _mm512_set1_ps(scale);
+        __m512i sum = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {
+            const __m512i qi = scale > 0.f ? _mm512_cvtps_epi32(_mm512_div_ps(v[k], vs)) : _mm512_setzero_si512();
+            sum = _mm512_add_epi32(sum, qi);
+            _mm_storeu_si128((__m128i*)(dst + 16 * k + (k < 2 ? 0 : HQ_G / 2)), _mm512_cvtepi32_epi8(qi));
+        }
+        const int32_t isum = _mm512_reduce_add_epi32(sum);
+#else
+        float amax = 0.f;
+        for (int64_t j = 0; j < HQ_G; j++) amax = std::fmax(amax, std::fabs(xg[j]));
+        const float scale = amax / 127.f;
+        int32_t isum = 0;
+        for (int64_t j = 0; j < HQ_G; j++) {
+            const int8_t v = scale > 0.f ? (int8_t)std::nearbyint(xg[j] / scale) : 0;
+            dst[j < HQ_G / 2 ? j : j + HQ_G / 2] = v;
+            isum += v;
+        }
+#endif
+        xs[q] = scale;
+        xsum[q] = (float)isum * scale;  // sum of the dequantized activations
+    }
+}
+
+template <int R, int NB>
+static inline void int4_block(const Gemv& g, int64_t r, float* y, int64_t ldy, const char* pf) {
+    const int64_t in = g.in, ng = g.groups, full = in / HQ_G, rowb = ng * (HQ_G / 2);
+    float s[R][NB];
+    int4_dots<R, NB>(g, r, s, pf);
     // last, partial group (in % HQ_G inputs): fp32 activations, plain dequantized weights
     const int64_t rem = in - full * HQ_G, hg = HQ_G / 2;
     for (int i = 0; i < R; i++) {
         for (int b = 0; b < NB; b++) {
-#if defined(HQ_AVX2) || defined(HQ_AVX512)
-            float s = hsum256(acc[i][b]) + off[i][b];
-#else
-            float s = acc[i][b] + off[i][b];
-#endif
             if (rem) {
-                const uint8_t* p = w + (r + i) * rowb + full * hg;
-                const uint16_t* m = meta + ((r + i) * ng + full) * 2;
+                const uint8_t* p = (const uint8_t*)g.w + (r + i) * rowb + full * hg;
+                const uint16_t* m = (const uint16_t*)g.meta + ((r + i) * ng + full) * 2;
                 float sc = f16_to_f32(m[0]), mo = f16_to_f32(m[1]);
                 const float* x = g.x + b * in + full * HQ_G;
                 for (int64_t j = 0; j < rem; j++) {
                     int qv = j < hg ? (p[j] & 15) : (p[j - hg] >> 4);
-                    s += ((float)qv * sc + mo) * x[j];
+                    s[i][b] += ((float)qv * sc + mo) * x[j];
                 }
             }
-            y[b * ldy + r + i] = s;
+            y[b * ldy + r + i] = s[i][b];
         }
     }
 }
@@ -295,11 +408,15 @@ struct RowsDriver {
         int64_t M = g.pf_dist <= 0 ? 0 : (g.pf_dist + blk - 1) / blk;
         Gemv gr = g;  // long rows: per-row streams (see pf_rows)
         gr.pf_row = R > 1 && g.pf_dist > 0 && g.pf_dist / R < rb && blk > g.pf_long ? g.pf_dist / R : 0;
+        // rows longer than pf_l2_row: prefetch into L2 only. Several long-row streams defeat the
+        // L2 hardware prefetcher, and prefetcht0 then holds an L1 miss buffer for a whole DRAM
+        // latency: one Zen 4 thread got ~16 GB/s on 5120x17408 int4 with prefetcht0, ~29 with t2.
+        gr.pf_l2 = rb > g.pf_l2_row;
         if (gr.pf_row) M = 1;
         const char* w = (const char*)g.w;
         if (M) {  // warm-up: the blocks the loop below will not prefetch
             int64_t n = M * blk < g.pf_dist ? M * blk : g.pf_dist;
-            pf_lines(w + r0 * rb, n, g.pf_end);
+            pf_lines(w + r0 * rb, n, g);
         }
         const char* none = (const char*)g.pf_end;  // a stream at the limit prefetches nothing
         int64_t r = r0;
@@ -316,7 +433,10 @@ struct RowsDriver {
             c.x = g.x + b0 * g.in;
             if (g.xe) { c.xe = g.xe + b0 * (g.in / 2); c.xo = g.xo + b0 * (g.in / 2); }
             if (g.xb) c.xb = g.xb + b0 * g.in;
-            if (g.xq) { c.xq = g.xq + b0 * g.groups * HQ_G; c.xs = g.xs + b0 * g.groups; c.xsum = g.xsum + b0 * g.groups; }
+            if (g.xq) {
+                const int64_t lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
+                c.xq = g.xq + b0 * lq; c.xs = g.xs + b0 * ls; c.xsum = g.xsum + b0 * ls;
+            }
             float* yc = y + b0 * ldy;
             switch (nb) {
                 case 1:  // rows per block: the format's default, or a tuned count (hq_tune 4)

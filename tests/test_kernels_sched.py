@@ -15,6 +15,7 @@ KNOBS = {  # name -> settings that reach each code path on small test shapes
     "no-prefetch": {"prefetch_bytes": 0},
     "per-row-prefetch": {"prefetch_long_block": 0, "prefetch_bytes": 256},
     "far-prefetch": {"prefetch_bytes": 1 << 20},
+    "l2-prefetch": {"prefetch_l2_row": 0, "prefetch_long_block": 0},
     "split-everything": {"min_split_bytes": 0, "prefetch_bytes": 64},
     "no-spin": {"spin_us": 0},
     "1-row-blocks": {"rows_per_block": 1},

@@ -126,7 +126,7 @@ def get_threads() -> int:
 
 
 TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2, "prefetch_long_block": 3,
-             "rows_per_block": 4}
+             "prefetch_l2_row": 4, "rows_per_block": 5}
 
 
 def tune(key: str, value: int = -1) -> int:
@@ -135,9 +135,10 @@ def tune(key: str, value: int = -1) -> int:
     prefetch_bytes: software prefetch distance (0 = off); min_split_bytes: a matrix is split
     over threads only with at least this many bytes per thread; spin_us: how long an idle
     worker spins before it sleeps; prefetch_long_block: row blocks (4 rows at batch 1) larger
-    than this are prefetched as one stream per row instead of one linear stream; rows_per_block:
-    rows a batch-1 GEMV works on at once (1, 2, 4 or 8; 0 = the format's default). value < 0
-    only reads.
+    than this are prefetched as one stream per row instead of one linear stream;
+    prefetch_l2_row: rows larger than this (bytes) are prefetched into L2 only (prefetcht2)
+    instead of L1; rows_per_block: rows a batch-1 GEMV works on at once (1, 2, 4 or 8;
+    0 = the format's default). value < 0 only reads.
     """
     return int(lib().hq_tune(TUNE_KEYS[key], int(value)))
 
