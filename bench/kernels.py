@@ -181,6 +181,26 @@ def bench_deltanet(threads, reps, bw, with_numba):
     return rows
 
 
+def rows_sweep(threads, reps, bw, cold_bytes=300 << 20):
+    """GB/s of batch-1 GEMVs per rows-per-block choice (hq_tune rows_per_block), per format and
+    27B / mid shape, cold; the data behind the kernels' per-format defaults (hq_impl.h R1)."""
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for out_f, in_f in ((17408, 5120), (5120, 17408), (3584, 1024)):
+        for fmt in ("bf16", "int8", "int4"):
+            w0 = PackedWeight.from_float(torch.randn(out_f, in_f, generator=g) * 0.02, fmt)
+            ws = [home(PackedWeight(fmt, w0.data.clone(), None if w0.meta is None else w0.meta.clone(), out_f, in_f))
+                  for _ in range(max(2, -(-cold_bytes // w0.nbytes)))]
+            x, out = torch.randn(1, in_f, generator=g), torch.empty(1, out_f)
+            for R in (0, 1, 2, 4, 8):  # 0: the built-in default
+                cpp.tune("rows_per_block", R)
+                t = _cold_time(lambda w: cpp.linear(x, w, out), ws, reps)
+                rows.append(_row(f"rows={R or 'default'}", fmt, 1, "cpp", threads, f"{out_f}x{in_f}", t, w0.nbytes, bw))
+            del ws
+    cpp.tune("rows_per_block", 0)
+    return rows
+
+
 def int4_group_table():
     """RMS relative error and bits/weight of int4 choices on Gaussian and heavy-tailed rows."""
     g = torch.Generator().manual_seed(0)
@@ -219,6 +239,8 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="skip torch's paths (vs_torch = null)")
     ap.add_argument("--cold-mb", type=int, default=320, help="weight bytes rotated per case (>> LLC)")
     ap.add_argument("--int4-groups", action="store_true", help="print the int4 group-size table and exit")
+    ap.add_argument("--rows", action="store_true",
+                    help="only sweep the rows per block of batch-1 GEMVs (1, 2, 4, 8 and the default)")
     a = ap.parse_args(argv)
     if a.int4_groups:
         for r in int4_group_table():
@@ -231,14 +253,14 @@ def main(argv=None):
     bw = read_bandwidth(a.reps)
     rows = []
     cold = a.cold_mb << 20
-    for fmt in ("int8", "int4", "bf16"):
+    for fmt in (() if a.rows else ("int8", "int4", "bf16")):
         rows += bench_ffn(fmt, a.threads, a.reps, bw, (1, 4), not a.no_numba, cold_bytes=cold,
                           with_torch=not a.no_torch)
         rows += bench_ffn(fmt, a.threads, a.reps, bw, (1,), False, H=1024, I=3584, cold_bytes=cold,
                           with_torch=False)
         rows += bench_linear(fmt, a.threads, a.reps, bw, 2048, 1024, "linear", cold)
         rows += bench_linear(fmt, a.threads, a.reps, bw, 32000, 1024, "lm_head", cold)
-    rows += bench_deltanet(a.threads, a.reps, bw, not a.no_numba)
+    rows += rows_sweep(a.threads, a.reps, bw) if a.rows else bench_deltanet(a.threads, a.reps, bw, not a.no_numba)
     for r in rows:
         r["read_bw_gbps"] = round(bw, 2)
     if a.json:
@@ -252,7 +274,8 @@ def main(argv=None):
             print(f"{r['kernel']:14} {r.get('shape', ''):12} {r['format']:5} {r['batch']:>2} {r['backend']:7} "
                   f"{r['ms']:>8} {r['gbps']:>7} {r['bw_fraction']:>6.0%} {vt:>8}")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", f"kernels-{socket.gethostname()}.json")
+    suffix = "-rows" if a.rows else ""  # a rows sweep is kept beside the kernel runs
+    path = os.path.join(os.path.dirname(__file__), "results", f"kernels-{socket.gethostname()}{suffix}.json")
     runs = {}
     if os.path.exists(path):
         try:

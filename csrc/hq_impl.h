@@ -439,8 +439,8 @@ struct RowsDriver {
             }
             float* yc = y + b0 * ldy;
             switch (nb) {
-                case 1:  // rows per block: the format's default, or a tuned count (hq_tune 4)
-                    switch (g.rows1 ? g.rows1 : K<1, 1>::R1) {
+                case 1:  // rows per block: the format's default, or a tuned count (hq_tune 5)
+                    switch (g.rows1 ? g.rows1 : K<1, 1>::R1(row_bytes(g))) {
                         case 1: run_nb<1, 1>(c, r0, r1, yc, ldy); break;
                         case 2: run_nb<1, 2>(c, r0, r1, yc, ldy); break;
                         case 8: run_nb<1, 8>(c, r0, r1, yc, ldy); break;
@@ -458,12 +458,19 @@ struct RowsDriver {
         }
     }
 };
-// R1: rows per block at batch 1. 8 on AVX-512 for bf16/int8 halves the fp32 activation reads
-// per weight byte (the down projection's 70 KB activation vector does not fit in L1); int4
-// keeps 4 (its per-group scalar work spills with 8).
-template <int R, int NB> struct Bf16K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static constexpr int R1 = W >= 16 ? 8 : 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static constexpr int R1 = 4; static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+// R1(row bytes): rows per block at batch 1. Fewer rows = fewer concurrent memory streams; more =
+// fewer activation reads per weight byte. AVX-512 (cold, huge pages, bench/kernels.py --rows,
+// 1 thread; 2 threads are at the bandwidth for any choice): 2 rows for bf16 and int4 on every
+// shape; VNNI int8 8 rows on rows >= 8 KB, else 2. Other ISAs: 4.
+#if defined(HQ_AVX512)
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+#else
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+#endif
 
 static void rows_any(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
     if (g.fmt == HQ_BF16) RowsDriver<Bf16K>::run(g, r0, r1, y, ldy);
