@@ -459,13 +459,13 @@ struct RowsDriver {
     }
 };
 // R1(row bytes): rows per block at batch 1. Fewer rows = fewer concurrent memory streams; more =
-// fewer activation reads per weight byte. AVX-512 (cold, huge pages, bench/kernels.py --rows,
-// 1 thread; 2 threads are at the bandwidth for any choice): 2 rows for bf16 and int4 on every
-// shape; VNNI int8 8 rows on rows >= 8 KB, else 2. Other ISAs: 4.
+// fewer activation reads per weight byte. AVX-512, from two cold 1-thread sweeps
+// (bench/kernels.py --rows; 2 threads reach the bandwidth with any choice): bf16 2; VNNI int8 8
+// on rows >= 8 KB (the 27B down projection), else 1; int4 1 on rows >= 2 KB, else 2. Others: 4.
 #if defined(HQ_AVX512)
 template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t rb) { return rb >= 2048 ? 1 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 #else
 template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
 template <int R, int NB> struct Int8K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
