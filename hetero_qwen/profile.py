@@ -2,7 +2,7 @@
 
     gpu:       {vram: 24GiB, reserve: 768MiB, flops: 150TFLOPS}   # vram absent or 0 = no GPU
     cpu:       {ram: 64GiB, threads: 16, reserve: 1GiB, pinned: 4GiB, flops: 1TFLOPS, efficiency: 0.8,
-                op_overhead: 150us}
+                op_overhead: 80us}
     disk:      {spill: true}           # weights that do not fit in RAM are read from the mmap'd checkpoint
     context:   65536                   # tokens of KV cache to reserve
     policy:    auto                    # auto | layers | ffn-cpu
@@ -59,7 +59,7 @@ class Profile:
     pinned: int = 4 * 2**30  # most page-locked staging memory we may take
     cpu_flops: float = 1e12  # bf16/fp32 GEMM with all threads
     cpu_efficiency: float | None = None  # fraction of bandwidth.cpu the CPU kernels reach; None: per format
-    cpu_op_overhead: float = 150e-6  # fixed cost of one op (a mixer or FFN) in CPU decode: calls + cold starts
+    cpu_op_overhead: float = 80e-6  # fixed cost of one op (a mixer or FFN) in CPU decode: calls + cold starts
     disk_spill: bool = True  # weights beyond RAM may stay in the mmap'd checkpoint
     context: int = 32768
     policy: str = "auto"
@@ -138,7 +138,7 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "cpu.pinned": ("pinned", parse_size, "a size, e.g. 4GiB"),
     "cpu.flops": ("cpu_flops", parse_flops, "a FLOP rate, e.g. 1.5TFLOPS"),
     "cpu.efficiency": ("cpu_efficiency", _fraction, "a fraction in (0, 1], e.g. 0.8"),
-    "cpu.op_overhead": ("cpu_op_overhead", parse_duration, "a duration, e.g. 150us"),
+    "cpu.op_overhead": ("cpu_op_overhead", parse_duration, "a duration, e.g. 80us"),
     "disk.spill": ("disk_spill", _bool, "true or false"),
     "context": ("context", _pos_int, "a positive number of tokens, e.g. 65536"),
     "policy": ("policy", None, "a policy name"),  # checked against the registry by the planner

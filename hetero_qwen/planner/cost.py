@@ -21,11 +21,11 @@ def device_of(home: str) -> str:
 
 
 # Fraction of the measured read bandwidth our CPU kernels reach in decode, per CPU weight format,
-# with weights in the huge-page arena and the one-token fast path (2 threads). Fitted together
-# with the per-op cost (profile cpu.op_overhead, 150 us) to bench/run_27b_cpu.py int4 (1.80 tok/s,
-# 87% of roofline) and bench/compare_cpu.py's mid model in all three formats; bf16 also matches
-# the 27B FFN kernel's 80-96% cold (bench/kernels.py). `cpu.efficiency` in the profile overrides it.
-CPU_KERNEL_EFFICIENCY = {"int4": 0.9, "int8": 0.85, "bf16": 0.8, "fp32": 0.5}
+# with weights in the huge-page arena and the one-token fast path (2 threads: the 27B FFN kernels
+# read at 98-120% of the torch-sum yardstick, bench/kernels.py). Fitted together with the per-op
+# cost (profile cpu.op_overhead, 80 us) to bench/compare_cpu.py's mid model in three formats and
+# bench/run_27b_cpu.py int4. `cpu.efficiency` in the profile overrides it.
+CPU_KERNEL_EFFICIENCY = {"int4": 0.95, "int8": 0.95, "bf16": 1.0, "fp32": 0.5}
 
 
 def cpu_efficiency(p: Profile) -> float:
@@ -65,9 +65,9 @@ def decode_flops(item: Item, position: float) -> float:
 
 def decode_time(item: Item, home: str, position: float, p: Profile) -> float:
     """Roofline time of the item on its home device, plus the fixed per-op cost on the CPU
-    (`cpu.op_overhead`: the interpreter and kernel calls, ~50 us on the tiny model where bytes are
-    negligible, plus the cold start of each of the op's matrices; 150 us fitted on the mid and 27B
-    decode benches). The embedding lookup is not an op in that sense."""
+    (`cpu.op_overhead`: the interpreter and kernel calls, ~43 us on the tiny model where bytes are
+    negligible, plus the cold start of the op's matrices; 80 us fitted on the mid and 27B decode
+    benches). The embedding lookup is not an op in that sense."""
     dev = device_of(home)
     mem = (decode_weight_bytes(item, home) / tier_bandwidth(p, home)
            + decode_cache_bytes(item, position) / tier_bandwidth(p, dev))
