@@ -66,7 +66,7 @@ def main() -> None:
         fig.savefig(RESULTS / "run_27b_cpu.png", dpi=110)
         made.append("run_27b_cpu.png")
 
-    for k in sorted(RESULTS.glob("kernels-*.json")):
+    for k in sorted(p for p in RESULTS.glob("kernels-*.json") if not p.stem.endswith("-rows")):  # sweeps: tables only
         d = json.loads(k.read_text())
         runs = d.get("runs") or {str(d.get("threads")): d}  # one entry per thread count
         fig, ax = plt.subplots(figsize=(9, 3.6))
