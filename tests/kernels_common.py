@@ -65,3 +65,10 @@ def exact_ref(backend_name: str, x, w):
     if int8_activations(backend_name, w.fmt):
         return int8_linear_exact(x, w)
     return reference.linear(x, w)
+
+
+def exact_ffn_ref(backend_name: str, x, gate, up, down):
+    """The FFN a kernel computes (fp32 activations): each projection through exact_ref."""
+    import torch
+    h = torch.nn.functional.silu(exact_ref(backend_name, x, gate)) * exact_ref(backend_name, x, up)
+    return exact_ref(backend_name, h, down)

@@ -5,9 +5,9 @@ import torch
 
 from hetero_qwen.kernels import cpp, dispatch, reference
 from hetero_qwen.kernels import numba_kernels as nk
-from hetero_qwen.kernels.quant import PackedWeight, act_error_bound, int4_linear_exact, int8_linear_exact
+from hetero_qwen.kernels.quant import PackedWeight, act_error_bound
 
-from kernels_common import BF16_ACT_REL, backend, bf16_activations, exact_ref, int8_activations, round_bf16, threads  # noqa: F401
+from kernels_common import BF16_ACT_REL, backend, bf16_activations, exact_ffn_ref, exact_ref, int8_activations, round_bf16, threads  # noqa: F401
 
 SHAPES = [(37, 203), (5, 64), (70, 300), (129, 17), (19, 1100)]  # not multiples of 8/16/32/64 (17: < one vector;
 # 1100: 17 int4 groups, two 8-group steps of the AVX-512 int4 loop + one more + a partial group)
@@ -60,12 +60,7 @@ def test_ffn_matches_reference(backend, threads, fmt, B):
         assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
         return
     y = run_ffn(backend, x, gate, up, down)
-    if fmt == "int4" or int8_activations(backend, fmt):
-        ex = int4_linear_exact if fmt == "int4" else int8_linear_exact
-        h = torch.nn.functional.silu(ex(x, gate)) * ex(x, up)
-        ref = ex(h, down)
-    else:
-        ref = reference.ffn_decode(x, gate, up, down)
+    ref = exact_ffn_ref(backend, x, gate, up, down)
     assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 

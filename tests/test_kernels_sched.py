@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hetero_qwen.kernels import cpp, reference
-from hetero_qwen.kernels.quant import PackedWeight, int4_linear_exact, int8_linear_exact
+from hetero_qwen.kernels.quant import PackedWeight
 
-from kernels_common import backend, bf16_activations, exact_ref, int8_activations, round_bf16, threads  # noqa: F401
+from kernels_common import backend, bf16_activations, exact_ffn_ref, exact_ref, round_bf16, threads  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not cpp.available(), reason="C++ kernels not built")
 
@@ -59,12 +59,8 @@ def test_knobs_keep_results(backend, threads, knobs, fmt, B):
     y = cpp.ffn(x, gate, up, down, hidden=hid)
     if bf16_activations(backend, fmt):  # bf16-rounded activations: exact on the kernel's hidden
         ref = reference.linear(round_bf16(hid), down)
-    elif fmt == "int4" or int8_activations(backend, fmt):
-        ex = int4_linear_exact if fmt == "int4" else int8_linear_exact
-        h = torch.nn.functional.silu(ex(x, gate)) * ex(x, up)
-        ref = ex(h, down)
     else:
-        ref = reference.ffn_decode(x, gate, up, down)
+        ref = exact_ffn_ref(backend, x, gate, up, down)
     assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 

@@ -153,7 +153,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                 placed[k] = arena.copy_packed(v) if hasattr(v, "fmt") else arena.copy(v)
         for k in parts:
             full = tensor_name(g.name, g.kind, k, cfg)
-            release(full, full + META_SUFFIX) if full in packed_names else release(full)
+            release(*((full, full + META_SUFFIX) if full in packed_names else (full,)))
         return placed
 
     def vectors_on(g: WeightGroup, dev_name: str) -> dict[str, torch.Tensor]:
