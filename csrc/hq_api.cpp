@@ -387,6 +387,75 @@ void dn_head_task(void* ctx, int) {
 
 std::vector<float> g_qkv;
 
+// ------------------------------------------------------------------- attention decode
+// One token of gated attention after the q/k/v projections: q/k rmsnorm (1 + w weights), RoPE
+// (rotate-half on the first rd dims), the new K/V written to the cache, softmax attention of each
+// query head over its KV head's keys 0..pos, and the sigmoid output gate. Query heads are shared
+// out over the pool (long contexts read the whole cache once per token).
+inline float bf16f(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline uint16_t f2bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+void norm_rope(float* x, int64_t D, int64_t rd, const float* w1, float eps, const float* cs, const float* sn) {
+    float ss = 0.f;
+    for (int64_t j = 0; j < D; j++) ss += x[j] * x[j];
+    const float inv = 1.f / std::sqrt(ss / (float)D + eps);
+    for (int64_t j = 0; j < D; j++) x[j] = x[j] * inv * w1[j];
+    const int64_t half = rd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cs[i] - b * sn[i];
+        x[i + half] = b * cs[i + half] + a * sn[i + half];
+    }
+}
+
+struct AttnTask {
+    int nh, nkv, bf16;
+    int64_t D, rd, qld, cap, len;
+    const float *q, *qw1, *cs, *sn;
+    float eps, scale;
+    const void *Kc, *Vc;
+    int gated;
+    float* out;
+    std::atomic<int> next{0};
+};
+
+void attn_task(void* ctx, int) {
+    AttnTask* t = (AttnTask*)ctx;
+    const int64_t D = t->D, L = t->len;
+    std::vector<float> qn(D), p(L);
+    for (;;) {
+        const int h = t->next.fetch_add(1, std::memory_order_relaxed);
+        if (h >= t->nh) break;
+        const float* qh = t->q + h * t->qld;
+        for (int64_t j = 0; j < D; j++) qn[j] = qh[j];
+        norm_rope(qn.data(), D, t->rd, t->qw1, t->eps, t->cs, t->sn);
+        const int64_t kvh = h / (t->nh / t->nkv), base = kvh * t->cap * D;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < L; s++) {
+            float d = 0.f;
+            if (t->bf16) { const uint16_t* kr = (const uint16_t*)t->Kc + base + s * D; for (int64_t j = 0; j < D; j++) d += qn[j] * bf16f(kr[j]); }
+            else { const float* kr = (const float*)t->Kc + base + s * D; for (int64_t j = 0; j < D; j++) d += qn[j] * kr[j]; }
+            p[s] = d * t->scale;
+            mx = p[s] > mx ? p[s] : mx;
+        }
+        float sum = 0.f;
+        for (int64_t s = 0; s < L; s++) { p[s] = std::exp(p[s] - mx); sum += p[s]; }
+        float* o = t->out + h * D;
+        for (int64_t j = 0; j < D; j++) o[j] = 0.f;
+        for (int64_t s = 0; s < L; s++) {
+            const float w = p[s] / sum;
+            if (t->bf16) { const uint16_t* vr = (const uint16_t*)t->Vc + base + s * D; for (int64_t j = 0; j < D; j++) o[j] += w * bf16f(vr[j]); }
+            else { const float* vr = (const float*)t->Vc + base + s * D; for (int64_t j = 0; j < D; j++) o[j] += w * vr[j]; }
+        }
+        if (t->gated)
+            for (int64_t j = 0; j < D; j++) o[j] *= 1.f / (1.f + std::exp(-qh[D + j]));
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -454,6 +523,33 @@ int hq_ffn(int fmt, const void* gw, const void* gm, const void* uw, const void* 
     prepare(d, fmt, h, B, I, g_prep[1]);
     d.w = dw; d.meta = dm;
     run_rows(d, H, y, H);
+    return 0;
+}
+
+// One decode token of gated attention (see attn_task). q [nh rows of qld floats: q, then the
+// gate when gated], k / v [nkv, D] fp32; the cache [nkv, cap, D] (bf16 when cache_bf16, else
+// fp32) receives k (normed, rotated) and v at index pos; attends over keys 0..pos; out [nh, D].
+int hq_attn_decode(int nh, int nkv, int64_t D, int64_t rd, const float* q, int64_t qld, const float* k,
+                   const float* v, const float* qw1, const float* kw1, float eps, const float* cs,
+                   const float* sn, void* Kc, void* Vc, int cache_bf16, int64_t cap, int64_t pos,
+                   float scale, int gated, float* out) {
+    std::lock_guard<std::mutex> lk(g_call_mu);
+    if (nkv <= 0 || nh % nkv != 0 || pos >= cap || rd > D || rd % 2) return -1;
+    std::vector<float> kn(D);
+    for (int j = 0; j < nkv; j++) {
+        for (int64_t d = 0; d < D; d++) kn[d] = k[j * D + d];
+        norm_rope(kn.data(), D, rd, kw1, eps, cs, sn);
+        const int64_t at = (j * cap + pos) * D;
+        for (int64_t d = 0; d < D; d++) {
+            if (cache_bf16) { ((uint16_t*)Kc)[at + d] = f2bf16(kn[d]); ((uint16_t*)Vc)[at + d] = f2bf16(v[j * D + d]); }
+            else { ((float*)Kc)[at + d] = kn[d]; ((float*)Vc)[at + d] = v[j * D + d]; }
+        }
+    }
+    AttnTask t;
+    t.nh = nh; t.nkv = nkv; t.bf16 = cache_bf16; t.D = D; t.rd = rd; t.qld = qld; t.cap = cap; t.len = pos + 1;
+    t.q = q; t.qw1 = qw1; t.cs = cs; t.sn = sn; t.eps = eps; t.scale = scale; t.Kc = Kc; t.Vc = Vc;
+    t.gated = gated; t.out = out;
+    run_split(attn_task, &t, t.len * D * nkv * 4 > (256 << 10) ? pool().size() : 1);  // long contexts: all threads
     return 0;
 }
 

@@ -8,8 +8,8 @@ as model/layers.py with the hidden state in fp32 and one C++ call per step, into
 allocated once:
 
   DeltaNet mixer : rmsnorm, 4 projections, fused conv + delta step, gated norm, out_proj, += x
-  attention mixer: rmsnorm, q/k/v projections, q/k norms, then RoPE, the KV cache and softmax
-                   attention in a few torch ops, sigmoid gate, o_proj, += x
+  attention mixer: rmsnorm, q/k/v projections, then one call for the q/k norms, RoPE, the KV
+                   cache write, softmax attention and the sigmoid gate; o_proj, += x
   FFN            : rmsnorm, fused gate/up/down, += x
   head           : rmsnorm, lm_head
 
@@ -20,7 +20,6 @@ dtype after every op). tests/test_cpu_decode.py checks it against the generic pa
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import FULL
 from ..kernels import cpp, dispatch
@@ -28,8 +27,6 @@ from ..kernels.ops import CpuFFN, CpuLinear
 from ..kernels.quant import PackedWeight
 from ..model.layers import FFN, Attention, GatedDeltaNet
 from .placement import CpuKernelOp
-
-SHORT_CONTEXT = 1024  # attention over at most this many keys: plain fp32 matmuls (SDPA costs ~100 us)
 
 
 def _kernel(op, cls):
@@ -146,49 +143,46 @@ class _DeltaNet:
         x += self.out(self.g)
 
 
+class _RopeAt:
+    """cos / sin [rotary_dim] fp32 of one position, computed once per token for every layer."""
+
+    def __init__(self, rope):
+        self.rope, self.pos, self.cs = rope, None, None
+
+    def __call__(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if pos != self.pos:
+            cos, sin = self.rope.cos_sin(torch.tensor([pos]), torch.float32)
+            self.pos, self.cs = pos, (cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous())
+        return self.cs
+
+
 class _Attention:
-    def __init__(self, cfg, norm: torch.Tensor, op: Attention, lins: dict, rope):
-        self.cfg, self.rope = cfg, rope
+    def __init__(self, cfg, norm: torch.Tensor, op: Attention, lins: dict, rope_at: _RopeAt):
+        self.cfg, self.rope_at = cfg, rope_at
         self.norm = _Norm(norm, cfg.rms_norm_eps)
         self.q, self.k, self.v, self.o = (lins[k] for k in ("q", "k", "v", "o"))
         self.fused = lins.get("in")  # q | k | v rows in one matrix
         self.nh, self.nkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qrows = self.nh * self.D * (2 if cfg.attn_output_gate else 1)
-        self.splits = [qrows, self.nkv * self.D, self.nkv * self.D]
-        self.q_norm = _Norm(op.q_norm, cfg.rms_norm_eps, rows=self.nh)
-        self.k_norm = _Norm(op.k_norm, cfg.rms_norm_eps, rows=self.nkv)
-        self.scale = op.scale
+        self.gated = bool(cfg.attn_output_gate)
+        self.qld = self.D * (2 if self.gated else 1)  # per head [q(D), gate(D)]
+        self.splits = [self.nh * self.qld, self.nkv * self.D, self.nkv * self.D]
+        self.q_w1 = (1.0 + op.q_norm.float()).contiguous()
+        self.k_w1 = (1.0 + op.k_norm.float()).contiguous()
+        self.eps, self.scale = cfg.rms_norm_eps, op.scale
+        self.out = torch.empty(self.nh, self.D)
 
     def __call__(self, x: torch.Tensor, cache, pos: int) -> None:
         nh, nkv, D = self.nh, self.nkv, self.D
         h = self.norm(x)
         if self.fused is not None:
-            q, kk, vv = self.fused(h).split(self.splits, dim=1)
+            q, k, v = self.fused(h).split(self.splits, dim=1)  # B = 1: each slice is contiguous
         else:
-            q, kk, vv = self.q(h), self.k(h), self.v(h)
-        gate = None
-        if self.cfg.attn_output_gate:  # per head [q(D), gate(D)]
-            qg = q.view(nh, 2 * D)
-            q, gate = self.q_norm(qg[:, :D]), qg[:, D:].reshape(1, nh * D)
-        else:
-            q = self.q_norm(q.view(nh, D))
-        k = self.k_norm(kk.view(nkv, D))
-        v = vv.view(1, nkv, 1, D)
-        cos, sin = self.rope.cos_sin(torch.tensor([pos]), torch.float32)
-        from ..model.rope import apply_rope
-        q = apply_rope(q.view(1, nh, 1, D), cos, sin)
-        k = apply_rope(k.view(1, nkv, 1, D), cos, sin)
-        K, V = cache.append(k.to(cache.dtype), v.to(cache.dtype))  # [1, nkv, L, D]
-        if K.shape[2] <= SHORT_CONTEXT:
-            qh = q.view(nkv, nh // nkv, D)
-            p = torch.softmax(torch.matmul(qh, K[0].float().transpose(-1, -2)) * self.scale, dim=-1)
-            o = torch.matmul(p, V[0].float()).view(1, nh * D)
-        else:
-            o = F.scaled_dot_product_attention(q.to(K.dtype), K, V, scale=self.scale, enable_gqa=nh != nkv)
-            o = o.float().reshape(1, nh * D)
-        if gate is not None:
-            o = o * torch.sigmoid(gate)
-        x += self.o(o.contiguous())
+            q, k, v = self.q(h), self.k(h), self.v(h)
+        at = cache.claim(1)
+        cos, sin = self.rope_at(pos)
+        o = cpp.attn_decode(q.view(nh, self.qld), k.view(nkv, D), v.view(nkv, D), self.q_w1, self.k_w1,
+                            self.eps, cos, sin, cache.k[0], cache.v[0], at, self.scale, self.gated, self.out)
+        x += self.o(o.view(1, nh * D))
 
 
 class CpuDecodePath:
@@ -202,7 +196,7 @@ class CpuDecodePath:
         if not cpp.available():
             return None
         cfg = model.cfg
-        rope = model.rope(model.devices.cpu)
+        rope = _RopeAt(model.rope(model.devices.cpu))
         layers = []
         for layer in model.layers:
             layers.append(_build_layer(cfg, layer, rope))

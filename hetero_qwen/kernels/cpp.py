@@ -52,6 +52,8 @@ def _load(libdir: str | None = None):
     lib.hq_deltanet_step.argtypes = [I, L, I, I, P, P, P, P, P, P, P, I, I, L, L, P, P]
     lib.hq_rmsnorm.argtypes = [L, L, P, L, P, ctypes.c_float, P]
     lib.hq_gated_rmsnorm.argtypes = [L, L, P, P, P, ctypes.c_float, P]
+    F = ctypes.c_float
+    lib.hq_attn_decode.argtypes = [I, I, L, L, P, L, P, P, P, P, F, P, P, P, P, I, L, L, F, I, P]
     lib.hq_set_threads.argtypes = [I]
     lib.hq_tune.argtypes = [I, L]
     lib.hq_tune.restype = L
@@ -283,4 +285,41 @@ def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, eps: float,
         out = torch.empty(rows, n, dtype=torch.float32)
     _check(out, "out", torch.float32, (rows, n))
     lib().hq_gated_rmsnorm(rows, n, x.data_ptr(), z.data_ptr(), w.data_ptr(), eps, out.data_ptr())
+    return out
+
+
+def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_w1: torch.Tensor, k_w1: torch.Tensor,
+                eps: float, cos: torch.Tensor, sin: torch.Tensor, K: torch.Tensor, V: torch.Tensor, pos: int,
+                scale: float, gated: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One token of gated attention (the C++ twin of the decode step in model/layers.Attention).
+
+    q [nh, qld] fp32 (each row: q[D], then the gate[D] when gated), k / v [nkv, D] fp32;
+    q_w1 / k_w1 [D] = 1 + the q/k norm weights; cos / sin [rotary_dim]; K / V the layer's cache
+    [nkv, cap, D] (bf16 or fp32), written at `pos`; attends over keys 0..pos. -> out [nh, D] fp32.
+    """
+    nh, qld = q.shape
+    nkv, cap, D = K.shape
+    if q.dtype != torch.float32 or q.stride(-1) != 1 or (nh > 1 and q.stride(0) != qld):
+        raise ValueError("q: expected cpu float32 [nh, qld] rows")
+    _check(k, "k", torch.float32, (nkv, D))
+    _check(v, "v", torch.float32, (nkv, D))
+    _check(q_w1, "q_w1", torch.float32, (D,))
+    _check(k_w1, "k_w1", torch.float32, (D,))
+    rd = cos.numel()
+    _check(cos, "cos", torch.float32, (rd,))
+    _check(sin, "sin", torch.float32, (rd,))
+    if K.dtype not in (torch.bfloat16, torch.float32) or V.dtype != K.dtype:
+        raise ValueError(f"K/V cache: expected bf16 or fp32, got {K.dtype}/{V.dtype}")
+    _check(K, "K", K.dtype, (nkv, cap, D))
+    _check(V, "V", K.dtype, (nkv, cap, D))
+    if qld < D * (2 if gated else 1):
+        raise ValueError("q rows are shorter than the head (and its gate)")
+    if out is None:
+        out = torch.empty(nh, D, dtype=torch.float32)
+    _check(out, "out", torch.float32, (nh, D))
+    rc = lib().hq_attn_decode(nh, nkv, D, rd, q.data_ptr(), qld, k.data_ptr(), v.data_ptr(), q_w1.data_ptr(),
+                              k_w1.data_ptr(), eps, cos.data_ptr(), sin.data_ptr(), K.data_ptr(), V.data_ptr(),
+                              int(K.dtype == torch.bfloat16), cap, pos, scale, int(gated), out.data_ptr())
+    if rc != 0:
+        raise ValueError("hq_attn_decode rejected its shapes (heads, position or rotary dim)")
     return out

@@ -39,6 +39,18 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def claim(self, n: int = 1) -> int:
+        """Make room for `n` more tokens that the caller writes into k / v itself (the CPU fast
+        path, in C++): allocates on first use; returns the index of the first of them."""
+        if self.k is None:
+            self.k = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self.v = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        at = self.length
+        if at + n > self.capacity:
+            raise ValueError(f"KV cache overflow: {at + n} tokens > capacity {self.capacity}")
+        self.length = at + n
+        return at
+
     def nbytes(self) -> int:
         return 2 * torch.Size(self.shape).numel() * self.dtype.itemsize
 
