@@ -101,6 +101,14 @@ def _fraction(v) -> float:
     return float(v)
 
 
+def _efficiency(v) -> float:
+    """Share of bandwidth.cpu the kernels reach; up to 1.5, since the bandwidth is measured with
+    a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py: 110-122%)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5:
+        raise ValueError("is not a share in (0, 1.5]")
+    return float(v)
+
+
 def _pos_int(v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError("is not a positive integer")
@@ -137,7 +145,7 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "cpu.threads": ("threads", _pos_int, "a positive integer"),
     "cpu.pinned": ("pinned", parse_size, "a size, e.g. 4GiB"),
     "cpu.flops": ("cpu_flops", parse_flops, "a FLOP rate, e.g. 1.5TFLOPS"),
-    "cpu.efficiency": ("cpu_efficiency", _fraction, "a fraction in (0, 1], e.g. 0.8"),
+    "cpu.efficiency": ("cpu_efficiency", _efficiency, "a share in (0, 1.5], e.g. 0.9"),
     "cpu.op_overhead": ("cpu_op_overhead", parse_duration, "a duration, e.g. 80us"),
     "disk.spill": ("disk_spill", _bool, "true or false"),
     "context": ("context", _pos_int, "a positive number of tokens, e.g. 65536"),

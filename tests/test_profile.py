@@ -75,6 +75,7 @@ def test_defaults_and_empty(tmp_path):
     ("gpu: [1, 2]\n", "p.yaml:1: gpu: must be a mapping"),
     ("gpu: {vram: 24GiB\n", "p.yaml:2: not valid YAML"),
     ("gpu: {vram: 512MiB, reserve: 1GiB}\n", "gpu.reserve: the reserve"),
+    ("cpu: {efficiency: 2}\n", "p.yaml:1: cpu.efficiency: 2 is not a share in (0, 1.5]"),
 ])
 def test_errors_name_file_line_key(tmp_path, text, needle):
     with pytest.raises(ProfileError) as e:
@@ -92,3 +93,8 @@ def test_dict_profile_errors_have_no_line():
 def test_missing_file(tmp_path):
     with pytest.raises(ProfileError, match="no such profile file"):
         load_profile(tmp_path / "nope.yaml")
+
+
+def test_efficiency_may_exceed_one(tmp_path):
+    """The kernels out-read the plain-sum bandwidth the profile records (shares up to 1.5)."""
+    assert load_profile(write(tmp_path, "cpu: {efficiency: 1.2}\n")).cpu_efficiency == 1.2
