@@ -29,17 +29,33 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def read_bandwidth(threads: int, nbytes: int = CPU_BUFFER, repeats: int = 5) -> float:
-    """Bytes/s of a `threads`-thread fp32 sum over `nbytes` (best of `repeats`): the read
-    bandwidth the profile, the planner and the benches compare against. The buffer lives in the
-    same huge-page host memory as the engine's CPU weights (executor.host_arena)."""
+def _median(fn, repeats: int) -> float:
+    fn()  # warm up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def read_bandwidth(threads: int, nbytes: int = CPU_BUFFER, repeats: int = 5, rounds: int = 3) -> float:
+    """Bytes/s of a `threads`-thread fp32 sum over `nbytes`: the read bandwidth the profile, the
+    planner and the benches compare against. The buffer lives in the same huge-page host memory as
+    the engine's CPU weights (executor.host_arena). Median over `rounds` fresh buffers of the
+    median of `repeats` sums: single buffers read anywhere from 30 to 60 GB/s on the 2-core dev
+    VM (the fast ones rarely, apparently by how the host backs the pages)."""
     import torch
 
     from .executor.host_arena import HostArena
 
     torch.set_num_threads(threads)
-    x = HostArena().empty((nbytes // 4,), torch.float32).fill_(1.0)
-    return nbytes / _best(lambda: x.sum(), repeats)
+    got = []
+    for _ in range(rounds):
+        x = HostArena().empty((nbytes // 4,), torch.float32).fill_(1.0)
+        got.append(nbytes / _median(lambda: x.sum(), repeats))
+        del x
+    return sorted(got)[len(got) // 2]
 
 
 def measure_cpu(threads: int) -> dict:
