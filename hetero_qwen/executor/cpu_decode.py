@@ -7,8 +7,9 @@ whose mixer and FFN both decode on the CPU with the C++ kernels, this path runs 
 as model/layers.py with the hidden state in fp32 and one C++ call per step, into buffers
 allocated once:
 
-  DeltaNet mixer : rmsnorm, 4 projections, fused conv + delta step, gated norm, out_proj, += x
-  attention mixer: rmsnorm, q/k/v projections, then one call for the q/k norms, RoPE, the KV
+  DeltaNet mixer : rmsnorm, the input projections (one call: the loader stores them back to back),
+                   fused conv + delta step, gated norm, out_proj, += x
+  attention mixer: rmsnorm, q/k/v projections (one call), then one call for the q/k norms, RoPE, the KV
                    cache write, softmax attention and the sigmoid gate; o_proj, += x
   FFN            : rmsnorm, fused gate/up/down, += x
   head           : rmsnorm, lm_head
