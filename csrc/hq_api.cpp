@@ -260,6 +260,19 @@ struct Prep {
 };
 Prep g_prep[2];  // [0]: linear / ffn input, [1]: ffn hidden (down projection input)
 
+inline float bf16f(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline uint16_t f2bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+// 1 / rms(x[0:n]) with eps: the scale every rmsnorm here applies.
+inline float rms_inv(const float* x, int64_t n, float eps) {
+    float ss = 0.f;
+    for (int64_t j = 0; j < n; j++) ss += x[j] * x[j];
+    return 1.f / std::sqrt(ss / (float)n + eps);
+}
+
 void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
     g.fmt = fmt; g.in = in; g.B = B; g.x = x;
     g.xe = g.xo = g.xs = g.xsum = nullptr; g.xq = nullptr; g.xb = nullptr;
@@ -268,12 +281,7 @@ void prepare(Gemv& g, int fmt, const float* x, int B, int64_t in, Prep& p) {
         const int64_t n = (int64_t)B * in;
         p.xb.resize((size_t)n + 1);
         uint16_t* d = p.xb.data();
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t u;
-            std::memcpy(&u, x + i, 4);
-            d[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x40)  // quiet NaN
-                                                   : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
-        }
+        for (int64_t i = 0; i < n; i++) d[i] = f2bf16(x[i]);
         g.xb = d;
     } else if (fmt == HQ_BF16) {
         const int64_t half = in / 2;
@@ -392,17 +400,9 @@ std::vector<float> g_qkv;
 // (rotate-half on the first rd dims), the new K/V written to the cache, softmax attention of each
 // query head over its KV head's keys 0..pos, and the sigmoid output gate. Query heads are shared
 // out over the pool (long contexts read the whole cache once per token).
-inline float bf16f(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
-inline uint16_t f2bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
-    uint32_t u; std::memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
-}
 
 void norm_rope(float* x, int64_t D, int64_t rd, const float* w1, float eps, const float* cs, const float* sn) {
-    float ss = 0.f;
-    for (int64_t j = 0; j < D; j++) ss += x[j] * x[j];
-    const float inv = 1.f / std::sqrt(ss / (float)D + eps);
+    const float inv = rms_inv(x, D, eps);
     for (int64_t j = 0; j < D; j++) x[j] = x[j] * inv * w1[j];
     const int64_t half = rd / 2;
     for (int64_t i = 0; i < half; i++) {
@@ -580,9 +580,7 @@ int hq_rmsnorm(int64_t rows, int64_t n, const float* x, int64_t ldx, const float
     for (int64_t r = 0; r < rows; r++) {
         const float* xr = x + r * ldx;
         float* o = out + r * n;
-        float ss = 0.f;
-        for (int64_t j = 0; j < n; j++) ss += xr[j] * xr[j];
-        const float inv = 1.f / std::sqrt(ss / (float)n + eps);
+        const float inv = rms_inv(xr, n, eps);
         for (int64_t j = 0; j < n; j++) o[j] = xr[j] * inv * w[j];
     }
     return 0;
@@ -595,9 +593,7 @@ int hq_gated_rmsnorm(int64_t rows, int64_t n, const float* x, const float* z, co
         const float* xr = x + r * n;
         const float* zr = z + r * n;
         float* o = out + r * n;
-        float ss = 0.f;
-        for (int64_t j = 0; j < n; j++) ss += xr[j] * xr[j];
-        const float inv = 1.f / std::sqrt(ss / (float)n + eps);
+        const float inv = rms_inv(xr, n, eps);
         for (int64_t j = 0; j < n; j++) o[j] = w[j] * (xr[j] * inv) * (zr[j] / (1.f + std::exp(-zr[j])));
     }
     return 0;

@@ -75,17 +75,16 @@ class _Linear:
 
 
 class _Norm:
-    """rmsnorm with the zero-centred weight (1 + w) precomputed."""
+    """rmsnorm of the [1, H] residual with the zero-centred weight (1 + w) precomputed."""
 
-    def __init__(self, w: torch.Tensor, eps: float, rows: int = 1, zero_centred: bool = True):
-        self.w = (1.0 + w.float() if zero_centred else w.float()).contiguous()
+    def __init__(self, w: torch.Tensor, eps: float):
+        self.w = (1.0 + w.float()).contiguous()
         self.eps = eps
-        self.out = torch.empty(rows, self.w.numel())
+        self.out = torch.empty(1, self.w.numel())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows, n = self.out.shape
-        ld = x.stride(0) if x.dim() == 2 and rows > 1 else n
-        cpp.lib().hq_rmsnorm(rows, n, x.data_ptr(), ld, self.w.data_ptr(), self.eps, self.out.data_ptr())
+        n = self.w.numel()
+        cpp.lib().hq_rmsnorm(1, n, x.data_ptr(), n, self.w.data_ptr(), self.eps, self.out.data_ptr())
         return self.out
 
 

@@ -283,22 +283,15 @@ def fuse_rows(ws: list, alloc, packed_cls=None) -> list:
     return [packed_cls(w.fmt, d, m, w.out_features, w.in_features) for w, d, m in zip(ws, data, meta)]
 
 
-def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096, alloc=None):
+def pack_rows(t: torch.Tensor, fmt: str, packed_cls, rows: int = 4096):
     """Quantize `t` [out, in] a block of rows at a time: both formats scale per row (or per row
     group), so this equals quantizing it whole, with temporaries bounded to one block in fp32
-    (the 27B embedding would otherwise need ~20 GB of them). `alloc(shape, dtype)` gives the
-    output tensors (e.g. HostArena.empty); default: ordinary torch memory."""
+    (the 27B embedding would otherwise need ~20 GB of them)."""
     parts = [packed_cls.from_float(t[r:r + rows].float(), fmt) for r in range(0, t.shape[0], rows)]
-    if len(parts) == 1 and alloc is None:
+    if len(parts) == 1:
         return parts[0]
-
-    def joined(ts: list[torch.Tensor]) -> torch.Tensor:
-        shape = (sum(x.shape[0] for x in ts), *ts[0].shape[1:])
-        out = alloc(shape, ts[0].dtype) if alloc is not None else torch.empty(shape, dtype=ts[0].dtype)
-        return torch.cat(ts, out=out)
-
-    meta = joined([q.meta for q in parts]) if parts[0].meta is not None else None
-    return packed_cls(fmt, joined([q.data for q in parts]), meta, t.shape[0], t.shape[1])
+    return packed_cls(fmt, torch.cat([q.data for q in parts]), torch.cat([q.meta for q in parts]),
+                      t.shape[0], t.shape[1])
 
 
 class PackedEmbedding:
