@@ -1,6 +1,7 @@
-"""The engine: a loaded model plus the generate loop (prefill, then one decode step per token).
+"""The engine: a loaded model's runner plus generate (prefill, then the one decode loop,
+hetero_qwen.decode.Generation).
 
-`Session` owns one sequence's caches and token history so callers (generate, chat) can keep
+`Session` owns one sequence's caches and token history so callers (generate, chat, serve) can keep
 the KV cache and DeltaNet state across calls and snapshot/restore them.
 """
 
@@ -15,12 +16,12 @@ from typing import Iterator
 import torch
 
 from .config import ModelConfig
+from .decode import CONTEXT, Generation
 from .errors import InputError
-from .model.qwen3_5 import Qwen35Model
+from .executor.runner import Runner
+from .kernels.dispatch import SMALL_BATCH
+from .profile import Profile
 from .sampling import Sampler, SamplingParams
-
-PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory at long prompts
-DECODE_BATCH = 8     # forwards this small are GEMVs: our CPU kernels' thread pool does the work
 
 
 @contextmanager
@@ -67,13 +68,13 @@ class Session:
 
     def __init__(self, engine: "Engine"):
         self.engine = engine
-        self.caches = engine.model.new_caches(1, engine.context)
+        self.caches = engine.runner.new_caches(1, engine.context)
         self.tokens: list[int] = []
 
     def close(self) -> None:
         """Give the caches' bytes back to their tiers (the caches are unusable afterwards)."""
         if self.caches:
-            self.engine.model.release_caches(self.caches)
+            self.engine.runner.release_caches(self.caches)
             self.caches = []
 
     def __del__(self):
@@ -100,34 +101,34 @@ class Session:
     def feed(self, ids: list[int], all_logits: bool = False) -> torch.Tensor:
         """Run `ids` after the cached tokens. Returns fp32 logits [len(ids), V] or [1, V] (last)."""
         self.engine.check_ids(ids, already=len(self.tokens))
-        if len(ids) <= DECODE_BATCH:
+        if len(ids) <= SMALL_BATCH:  # GEMVs: our CPU kernels' thread pool does the work
             with torch_single_threaded():
                 return self._feed(ids, all_logits)
         return self._feed(ids, all_logits)
 
     def _feed(self, ids: list[int], all_logits: bool) -> torch.Tensor:
-        model = self.engine.model
+        runner = self.engine.runner
         outs = []
         step = self.engine.prefill_chunk
         for s in range(0, len(ids), step):
             chunk = ids[s:s + step]
             last = not all_logits
             if last and s + step < len(ids):
-                model.prefill_only(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
+                runner.prefill_only(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
             else:
-                outs.append(model.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
+                outs.append(runner.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
             self.tokens.extend(chunk)
         return torch.cat(outs) if all_logits else outs[-1]
 
 
 class Engine:
-    def __init__(self, cfg: ModelConfig, model: Qwen35Model, path: Path | None, context: int,
-                 eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None, devices=None,
-                 prefill_chunk: int = PREFILL_CHUNK):
-        self.cfg, self.model, self.path = cfg, model, path
+    def __init__(self, cfg: ModelConfig, runner: Runner, path: Path | None, context: int,
+                 eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None,
+                 prefill_chunk: int = Profile.prefill_chunk):
+        self.cfg, self.runner, self.path = cfg, runner, path
         self.context = context
-        self.devices = devices if devices is not None else model.devices
-        self.prefill_chunk = prefill_chunk
+        self.devices = runner.devices
+        self.prefill_chunk = prefill_chunk  # tokens per prefill forward (the profile's prefill.chunk)
         self.eos_ids = tuple(eos_ids) or cfg.eos_token_ids
         self._tokenizer = tokenizer
         self.plan = plan
@@ -181,7 +182,7 @@ class Engine:
         """Measured resident and peak bytes per tier (what the executor charged)."""
         out = {name: {"used_bytes": m.used, "peak_bytes": m.peak, "budget_bytes": m.budget}
                for name, m in self.devices.tiers().items()}
-        disk = getattr(self.model, "disk", None)
+        disk = self.runner.disk
         if disk is not None:
             out["disk"] = {"used_bytes": disk.used, "peak_bytes": disk.peak, "budget_bytes": None}
         return out
@@ -218,16 +219,12 @@ class Engine:
         t0 = time.perf_counter()
         logits = session.feed(ids)[-1]
         stats.prefill_seconds = time.perf_counter() - t0
-        for n in range(max_new_tokens):
-            token = sampler(logits)
-            sampler.accept(token)
-            yield token
-            if token in stop or n + 1 == max_new_tokens:
-                return
-            if len(session.tokens) + 1 > self.context:
-                raise InputError(f"the conversation reached the context limit of {self.context} tokens "
-                                 f"(/reset, or raise `context` in the profile)")
-            t0 = time.perf_counter()
-            logits = session.feed([token])[-1]
-            stats.decode_seconds += time.perf_counter() - t0
-            stats.decode_tokens += 1
+        gen = Generation(lambda t: session.feed(t)[-1], lambda: len(session.tokens), self.context,
+                         logits, sampler, stop, max_new_tokens)
+        try:
+            yield from gen
+        finally:
+            stats.decode_tokens, stats.decode_seconds = gen.decode_steps, gen.decode_seconds
+        if gen.finish_reason == CONTEXT:
+            raise InputError(f"the conversation reached the context limit of {self.context} tokens "
+                             f"(/reset, or raise `context` in the profile)")

@@ -54,8 +54,3 @@ def matrix_bytes(rows: int, cols: int, fmt: str) -> int:
         return rows * cols + math.ceil(rows / FP8_BLOCK) * math.ceil(cols / FP8_BLOCK) * 4
     raise ValueError(f"unknown weight format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
 
-
-def check_format(fmt: str) -> str:
-    if fmt not in ALL_FORMATS:
-        raise ValueError(f"unknown weight format {fmt!r}; expected one of {', '.join(ALL_FORMATS)}")
-    return fmt

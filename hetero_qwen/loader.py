@@ -19,7 +19,7 @@ from .config import ModelConfig, is_preset, load_config
 from .engine import Engine
 from .errors import CheckpointError, ConfigError
 from .executor.devices import make_devices, working_set_hook
-from .executor.placement import build_placed_model
+from .executor.build import build_runner
 from .profile import Profile, load_profile
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
@@ -123,12 +123,9 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         dtype = DTYPES[dtype]
     dtype = dtype or checkpoint_dtype(cfg)
     prof = resolve_profile(profile, quiet)
-    if cfg.hetero_format and prof.cpu_dtype != cfg.hetero_format:  # use the packed weights as stored
-        prof = prof.replace(cpu_dtype=cfg.hetero_format)
-    if dtype == torch.float32:  # float weights are kept in the compute dtype
-        prof = prof.replace(gpu_dtype="fp32", cpu_dtype="fp32" if prof.cpu_dtype == "bf16" else prof.cpu_dtype)
     prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
-    plan = make_plan(cfg, prof, policy=policy, model=str(path))
+    plan = make_plan(cfg, prof, policy=policy, model=str(path),
+                     compute_dtype="fp32" if dtype == torch.float32 else "bf16")
     devices = make_devices(max(prof.vram - prof.gpu_reserve, 0) if prof.has_gpu else None,
                            max(prof.ram - prof.cpu_reserve, 0), simulate_gpu)
     if devices.gpu is not None and devices.gpu.simulated:
@@ -136,11 +133,10 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     _set_threads(prof.threads)
     bars = TierProgress(plan, quiet)
     try:
-        model = build_placed_model(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars,
-                                   always_stream=prof.prefill_stream == "on")
+        runner = build_runner(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars)
     finally:
         bars.close()
     if devices.gpu is not None:
-        model.op_hook = working_set_hook(devices)
-    return Engine(cfg, model, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
-                  plan=plan, devices=devices, prefill_chunk=prof.prefill_chunk)
+        runner.op_hook = working_set_hook(devices)
+    return Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
+                  plan=plan, prefill_chunk=prof.prefill_chunk)

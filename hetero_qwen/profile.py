@@ -95,12 +95,6 @@ class Profile:
 DEFAULTS = Profile()
 
 
-def _fraction(v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-        raise ValueError("is not a fraction in (0, 1]")
-    return float(v)
-
-
 def _efficiency(v) -> float:
     """Share of bandwidth.cpu the kernels reach; up to 1.5, since the bandwidth is measured with
     a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py: 110-122%)."""
@@ -112,12 +106,6 @@ def _efficiency(v) -> float:
 def _pos_int(v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError("is not a positive integer")
-    return v
-
-
-def _nonneg_int(v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError("is not a non-negative integer")
     return v
 
 

@@ -11,6 +11,7 @@ from hetero_qwen.config import ModelConfig
 from hetero_qwen.errors import ProfileError
 from hetero_qwen.planner.context import PlanContext
 from hetero_qwen.planner.driver import run_policy
+from hetero_qwen.planner.formats import resolve_formats
 from hetero_qwen.planner.plan import Plan
 from hetero_qwen.profile import Profile
 
@@ -32,10 +33,12 @@ def check_policy(name: str, source: str = "profile") -> str:
 
 
 def make_plan(cfg: ModelConfig, profile: Profile, policy: str | None = None,
-              context: int | None = None, model: str = "model") -> Plan:
-    """The best plan of `policy` (default: the profile's) for `cfg` within `profile`'s budgets.
+              context: int | None = None, model: str = "model", compute_dtype: str = "bf16") -> Plan:
+    """The best plan of `policy` (default: the profile's) for `cfg` within `profile`'s budgets,
+    in the formats this checkpoint and compute dtype allow (planner.formats.resolve_formats).
     Raises PlanError (one line: what is missing, which knob fixes it) when nothing fits."""
     if context is not None:
         profile = profile.replace(context=context)
+    profile = resolve_formats(cfg, profile, compute_dtype)
     name = check_policy(policy or profile.policy, "--policy" if policy else profile.source)
     return run_policy(PlanContext(cfg, profile, model), name, POLICIES[name])

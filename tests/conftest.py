@@ -32,11 +32,3 @@ def tiny_dir(tmp_path_factory):
     from hetero_qwen.tiny import write_tiny
     return write_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
 
-
-def run_cli(args, capsys):
-    """Run the real CLI entry point in-process: (exit code, stdout, stderr)."""
-    from hetero_qwen.cli import main
-    with pytest.raises(SystemExit) as exc:
-        main(list(map(str, args)))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err

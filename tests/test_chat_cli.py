@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = "\x1b[2m"

@@ -6,6 +6,7 @@ import torch
 
 from hetero_qwen.chat.conversation import ChatSettings, Conversation
 from hetero_qwen.chat.prompt_cache import Interrupted
+from helpers import first_difference
 
 COMBOS = [(think, preserve) for think in (True, False) for preserve in (False, True)]
 IDS = [f"think={'on' if t else 'off'},preserve={'on' if p else 'off'}" for t, p in COMBOS]
@@ -22,12 +23,6 @@ def engine(tiny_dir):
     yield load(tiny_dir, quiet=True)
     torch.set_num_threads(threads)
 
-
-def first_difference(a, b):
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
 
 
 class ScriptedSampler:

@@ -207,10 +207,8 @@ def test_the_setup_summary_prints_a_plan_when_the_engine_has_one(engine):
     assert engine.plan_summary.startswith("plan auto: cpu ")
 
     class Planned:
-        model, context = engine.model, engine.context
-
-        def plan_summary(self):
-            return "plan: GPU 14.1 GiB, RAM 40.2 GiB, ~9 tok/s"
+        runner, context = engine.runner, engine.context
+        plan_summary = "plan: GPU 14.1 GiB, RAM 40.2 GiB, ~9 tok/s"
 
     lines = summary_lines(Planned(), "tiny", random_weights=True)
     assert lines[1] == "plan: GPU 14.1 GiB, RAM 40.2 GiB, ~9 tok/s" and "RANDOM weights" in lines[2]

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hetero_qwen
-from conftest import run_cli
+from helpers import run_cli
 from hf_models import make_hf_model, save_hf_model
 from hetero_qwen.checkpoint import Checkpoint, canonical_name
 from hetero_qwen.config import load_config

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import hetero_qwen
+from helpers import rel_err
 from hetero_qwen.executor import cpu_decode
 from hetero_qwen.kernels import cpp, dispatch
 from hetero_qwen.model.layers import gated_rms_norm, rms_norm
@@ -23,40 +24,37 @@ def load(path, fmt, dtype="fp32"):
 
 def decode_logits(eng, fast: bool) -> torch.Tensor:
     """Teacher-forced decode logits [len(FOLLOW), vocab] with the fast path on or off."""
-    keep = eng.model.cpu_decode
-    eng.model.cpu_decode = keep if fast else None
+    keep = eng.runner.cpu_decode
+    eng.runner.cpu_decode = keep if fast else None
     try:
         s = eng.session()
         s.feed(PROMPT)
         return torch.stack([s.feed([t])[-1].float() for t in FOLLOW])
     finally:
-        eng.model.cpu_decode = keep
+        eng.runner.cpu_decode = keep
 
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_fast_path_equals_generic_fp32(hf_causal, fmt):
     _, path = hf_causal
     eng = load(path, fmt)
-    fast = eng.model.cpu_decode
+    fast = eng.runner.cpu_decode
     assert fast is not None and all(layer is not None for layer in fast.layers) and fast.head is not None
     # the loader stored each mixer's input projections back to back: one kernel call for them
     assert all(layer[1].fused is not None for layer in fast.layers)
     # fp32 model: the two paths differ only in summation order
-    assert rel(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
+    assert rel_err(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
 
 
 def test_fast_path_bf16_close_to_generic(hf_causal):
     _, path = hf_causal
     eng = load(path, "bf16", dtype="bf16")
-    assert eng.model.cpu_decode is not None
-    assert all(layer[1].fused is not None for layer in eng.model.cpu_decode.layers)
+    assert eng.runner.cpu_decode is not None
+    assert all(layer[1].fused is not None for layer in eng.runner.cpu_decode.layers)
     a, b = decode_logits(eng, True), decode_logits(eng, False)
     # the generic path rounds the residual to bf16 after every op; the fast one keeps it fp32
-    assert rel(a, b) < 0.03
+    assert rel_err(a, b) < 0.03
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
 
 
@@ -125,27 +123,31 @@ def test_long_context_fast_path(hf_causal):
     prompt = [(7 * i + 3) % 300 + 1 for i in range(200)]
     outs = []
     for fast in (True, False):
-        keep = eng.model.cpu_decode
-        eng.model.cpu_decode = keep if fast else None
+        keep = eng.runner.cpu_decode
+        eng.runner.cpu_decode = keep if fast else None
         s = eng.session()
         s.feed(prompt)
         outs.append(torch.stack([s.feed([t])[-1].float() for t in FOLLOW[:4]]))
-        eng.model.cpu_decode = keep
-    assert rel(outs[0], outs[1]) < 1e-4
+        eng.runner.cpu_decode = keep
+    assert rel_err(outs[0], outs[1]) < 1e-4
 
 
-def test_fast_path_is_used_and_counts_cpu_time(hf_causal, monkeypatch):
+def test_one_token_decode_takes_the_fast_path_and_counts_cpu_time(hf_causal, monkeypatch):
     _, path = hf_causal
     eng = load(path, "int8")
     calls = []
     real = cpu_decode.CpuDecodePath.logits
     monkeypatch.setattr(cpu_decode.CpuDecodePath, "logits", lambda self, x: calls.append(1) or real(self, x))
+    ffn_calls = []
+    real_ffn = cpu_decode._Ffn.__call__
+    monkeypatch.setattr(cpu_decode._Ffn, "__call__", lambda self, x: ffn_calls.append(1) or real_ffn(self, x))
     s = eng.session()
     s.feed(PROMPT[:5])
-    assert calls == []  # prefill: generic path
+    assert calls == [] and ffn_calls == []  # prefill: generic path
     busy = eng.devices.cpu.busy_seconds
     s.feed([3])
-    assert calls == [1] and eng.devices.cpu.busy_seconds > busy
+    # every layer's FFN and the head ran on the fast path, and their time is charged to the CPU
+    assert calls == [1] and len(ffn_calls) == len(eng.runner.layers) and eng.devices.cpu.busy_seconds > busy
 
 
 def test_forced_backend_or_hook_takes_generic_path(hf_causal, monkeypatch):
@@ -159,16 +161,20 @@ def test_forced_backend_or_hook_takes_generic_path(hf_causal, monkeypatch):
         s.feed([3])
     finally:
         dispatch.force_backend(None)
-    eng.model.op_hook = lambda *a: None
+    seen = []
+    eng.runner.op_hook = lambda name, dev, x, out: seen.append(x.shape[1])
     s = eng.session()
     s.feed(PROMPT[:5])
+    seen.clear()
     s.feed([3])
+    # an accounting hook on CPU ops sees every op of the decode token: the generic path ran it
+    assert seen == [1] * (2 * len(eng.runner.layers) + 1)
 
 
 def test_no_fast_path_for_torch_weights(hf_causal):
     """fp32 float weights run through torch's F.linear: nothing for the fast path to call."""
     _, path = hf_causal
-    assert load(path, "bf16", dtype="fp32").model.cpu_decode is None
+    assert load(path, "bf16", dtype="fp32").runner.cpu_decode is None
 
 
 @pytest.mark.parametrize("rows,n", [(1, 64), (3, 37), (5, 128)])
@@ -199,22 +205,23 @@ def test_cpp_rmsnorm_rejects_bad_input():
 
 def test_unfused_projections_still_take_the_fast_path(hf_causal, monkeypatch):
     """Projections not stored back to back (e.g. some of them pinned or on disk) run one by one."""
-    from hetero_qwen.executor import placement
+    from hetero_qwen.executor import weights
     _, path = hf_causal
-    monkeypatch.setattr(placement, "FUSED_ROWS", {})
+    monkeypatch.setattr(weights, "PACKED_MODULES", {})
     eng = load(path, "int4")
-    fast = eng.model.cpu_decode
+    fast = eng.runner.cpu_decode
     assert all(layer[1].fused is None for layer in fast.layers)
-    assert rel(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
+    assert rel_err(decode_logits(eng, True), decode_logits(eng, False)) < 1e-4
 
 
 def test_fuse_rows_views_share_one_block():
-    from hetero_qwen.executor.placement import fuse_rows
+    from hetero_qwen.executor.weights import fuse_rows
     from hetero_qwen.kernels.quant import PackedWeight
     ws = [PackedWeight.from_float(torch.randn(r, 130), "int4") for r in (5, 3, 7)]
-    views = fuse_rows(ws, lambda shape, dt: torch.empty(shape, dtype=dt), PackedWeight)
+    views, block = fuse_rows(ws, lambda shape, dt: torch.empty(shape, dtype=dt), PackedWeight)
     for w, v in zip(ws, views):
         assert torch.equal(w.data, v.data) and torch.equal(w.meta, v.meta) and v.out_features == w.out_features
     assert views[1].data.data_ptr() == views[0].data.data_ptr() + views[0].data.numel()
-    assert cpu_decode._fused([cpu_decode.CpuLinear(v, "int4") for v in views]).weight.out_features == 15
-    assert cpu_decode._fused([cpu_decode.CpuLinear(w, "int4") for w in ws]) is None  # separate buffers
+    # the block is the three matrices as one: what the one-token path reads in one call
+    assert block.out_features == 15 and block.data.data_ptr() == views[0].data.data_ptr()
+    assert torch.equal(block.dequantize(), torch.cat([w.dequantize() for w in ws]))

@@ -14,7 +14,8 @@ import torch
 import hetero_qwen
 from hetero_qwen.executor import devices as devices_mod
 from hf_models import hf_logits, make_hf_model, save_hf_model
-from test_executor import CASES, IDS, profile, rel
+from executor_cases import CASES, IDS, profile
+from helpers import rel_err
 
 
 @pytest.fixture
@@ -23,8 +24,8 @@ def gpu_spans(monkeypatch):
     spans: list[tuple[int, int]] = []
     orig = devices_mod.Device.place
 
-    def place(self, t, owner, pin=False):
-        out = orig(self, t, owner, pin)
+    def place(self, t, owner):
+        out = orig(self, t, owner)
         if self.name == "gpu":
             spans.append((out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()))
         return out
@@ -47,7 +48,7 @@ def _tensors(obj, seen=None):
         for x in obj.values():
             yield from _tensors(x, seen)
     elif type(obj).__module__.startswith("hetero_qwen") and hasattr(obj, "__dict__"):
-        if type(obj).__name__ in ("SlotLinear", "_LateSlotLinear", "Prefetcher", "ModelConfig"):
+        if type(obj).__name__ in ("SlotLinear", "Prefetcher", "ModelConfig"):
             return  # staging slots are GPU memory by construction
         for k, v in vars(obj).items():
             if k != "cfg":
@@ -78,7 +79,7 @@ def check_devices(model, spans) -> None:
 def test_every_op_variant_holds_only_tensors_of_its_device(label, hf_causal, gpu_spans):
     _, path = hf_causal
     eng = hetero_qwen.load(path, profile=CASES[label], quiet=True)
-    check_devices(eng.model, gpu_spans)
+    check_devices(eng.runner, gpu_spans)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +98,13 @@ def test_tied_head_lives_where_the_plan_puts_it(embed_home, head_home, hf_tied, 
                                                 {"match": "lm_head", "home": head_home}])
     eng = hetero_qwen.load(path, profile=prof, quiet=True)
     assert eng.cfg.tie_word_embeddings
-    assert eng.model.head.decode_device == head_home and eng.model.embed_device.name == embed_home
-    check_devices(eng.model, gpu_spans)
+    assert eng.runner.head.decode_device == head_home and eng.runner.embed_device.name == embed_home
+    check_devices(eng.runner, gpu_spans)
     ref = hf_logits(hf, IDS[:40])
-    assert rel(eng.logits(IDS[:40]), ref) < 1e-4
+    assert rel_err(eng.logits(IDS[:40]), ref) < 1e-4
     s = eng.session()
     s.feed(IDS[:30])
-    assert rel(s.feed([IDS[30]])[-1], ref[30]) < 1e-4
+    assert rel_err(s.feed([IDS[30]])[-1], ref[30]) < 1e-4
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
@@ -115,7 +116,7 @@ def test_tied_head_with_a_packed_cpu_embedding(fmt, hf_tied):
     eng = hetero_qwen.load(path, profile=prof, quiet=True, dtype="bf16")
     ref = hf_logits(hf, IDS[:20])
     got = eng.logits(IDS[:20])
-    assert rel(got, ref) < 0.1
+    assert rel_err(got, ref) < 0.1
 
 
 # ---- bench/gpu_check.py ----------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_gpu_check_cut_checkpoint_loads_the_same_in_transformers(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     eng = hetero_qwen.load(tmp_path, profile=profile("ffn-cpu"), quiet=True, dtype="fp32")
     ids = IDS[:40]
-    assert rel(eng.logits(ids), hf_logits(hf, ids)) < 1e-3
+    assert rel_err(eng.logits(ids), hf_logits(hf, ids)) < 1e-3
 
 
 def test_gpu_check_accelerate_row_says_when_accelerate_is_missing(monkeypatch, tmp_path):
@@ -201,21 +202,21 @@ def test_cpu_fast_path_runs_on_a_machine_with_a_gpu(hf_causal, monkeypatch):
     _, path = hf_causal
     prof = {**profile("layers", "700KB"), "weights": {"cpu_dtype": "int8"}}
     eng = hetero_qwen.load(path, profile=prof, quiet=True)
-    devs = {layer.mixer.decode_device for layer in eng.model.layers}
-    assert devs == {"gpu", "cpu"} and eng.model.op_hook is not None and eng.model.cpu_decode is not None
+    devs = {layer.mixer.decode_device for layer in eng.runner.layers}
+    assert devs == {"gpu", "cpu"} and eng.runner.op_hook is not None and eng.runner.cpu_decode is not None
 
     def decode(fast: bool):
-        keep = eng.model.cpu_decode
-        eng.model.cpu_decode = keep if fast else None
+        keep = eng.runner.cpu_decode
+        eng.runner.cpu_decode = keep if fast else None
         try:
             s = eng.session()
             s.feed(IDS[:30])
             return torch.stack([s.feed([t])[-1] for t in IDS[30:36]])
         finally:
-            eng.model.cpu_decode = keep
+            eng.runner.cpu_decode = keep
     calls = []
     runs = cpu_decode._Ffn.__call__
     monkeypatch.setattr(cpu_decode._Ffn, "__call__", lambda self, x: (calls.append(1), runs(self, x))[1])
     fast = decode(True)
     assert calls, "the fast path did not run"
-    assert rel(fast, decode(False)) < 1e-4
+    assert rel_err(fast, decode(False)) < 1e-4

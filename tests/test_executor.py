@@ -4,43 +4,16 @@ within budgets and predictions, moving exactly the bytes it says, overlapping st
 import pytest
 
 import hetero_qwen
+from helpers import rel_err
 from hetero_qwen.executor.devices import BudgetExceeded
+from executor_cases import CASES, IDS, profile
 from hf_models import hf_logits
-
-IDS = [(11 * i + 5) % 300 + 1 for i in range(150)]
-BASE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256,
-        "prefill": {"chunk": 64}, "workload": {"prompt_tokens": 128, "output_tokens": 64}}
-
-
-def profile(policy, vram="64MB", **extra):
-    return {**BASE, "gpu": {"vram": vram, "reserve": "0MiB"}, "policy": policy, **extra}
-
-
-# (label, profile): layers at several budgets, ffn-cpu with streamed prefill, auto on a machine
-# whose CPU is slow (so it uses the GPU), auto with overrides, and RAM so small groups go to disk.
-CASES = {
-    "layers-700KB": profile("layers", "700KB"),
-    "layers-1MB": profile("layers", "1MB"),
-    "layers-all": profile("layers", "64MB"),
-    "ffn-cpu": profile("ffn-cpu"),
-    "ffn-cpu-streamed": profile("ffn-cpu", prefill={"chunk": 64, "stream": "on"}),
-    "auto": profile("auto", "900KB", bandwidth={"cpu": "1GB/s", "gpu": "100GB/s", "pcie": "10GB/s"}),
-    "auto-streamed": profile("auto", "900KB", bandwidth={"cpu": "1GB/s", "gpu": "100GB/s", "pcie": "10GB/s"},
-                             prefill={"chunk": 64, "stream": "on"}),
-    "overrides": profile("layers", "64MB", overrides=[{"match": r"layers\.[02]\.mlp", "home": "cpu"},
-                                                      {"match": r"lm_head", "home": "cpu"}]),
-    "disk": {**profile("auto", "700KB"), "cpu": {"ram": "400KB", "threads": 2, "reserve": "0MiB"}},
-}
-
 
 @pytest.fixture(scope="module")
 def ref(hf_causal):
     hf, path = hf_causal
     return path, hf_logits(hf, IDS)
 
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("label", list(CASES))
@@ -50,11 +23,11 @@ def test_every_plan_matches_transformers_within_budgets(label, ref):
     homes = {g.home for g in eng.plan.groups}
     assert eng.devices.gpu is not None and eng.devices.gpu.simulated
     # prefill in 64-token chunks (streaming ones included), then decode token by token
-    assert rel(eng.logits(IDS), expected) < 1e-4
+    assert rel_err(eng.logits(IDS), expected) < 1e-4
     s = eng.session()
     s.feed(IDS[:100])
     for i in range(100, 110):
-        assert rel(s.feed([IDS[i]])[-1], expected[i]) < 1e-4
+        assert rel_err(s.feed([IDS[i]])[-1], expected[i]) < 1e-4
     # measured peaks never exceed the plan's prediction nor the budget
     for tier, m in eng.memory_report().items():
         assert m["peak_bytes"] <= eng.plan.tiers[tier].used_bytes, (tier, m)
@@ -64,7 +37,7 @@ def test_every_plan_matches_transformers_within_budgets(label, ref):
         assert "disk" in homes and eng.memory_report()["disk"]["peak_bytes"] > 0
     if label == "overrides":
         assert eng.plan.group("model.layers.0.mlp").home == "cpu" and eng.plan.group("lm_head").home == "cpu"
-        assert eng.model.head.decode_device == "cpu"
+        assert eng.runner.head.decode_device == "cpu"
 
 
 @pytest.mark.parametrize("label", ["layers-700KB", "ffn-cpu", "auto", "disk"])
@@ -95,15 +68,15 @@ def test_streamed_prefill_moves_the_planned_blocks(ref):
     before = eng.devices.traffic.snapshot()
     eng.logits(IDS)  # 150 tokens: chunks of 64, 64, 22
     moved = eng.devices.traffic.since(before)
-    slot_bytes = sum(eng.model.prefetcher.groups[g.name].nbytes for g in streamed)
+    slot_bytes = sum(eng.runner.prefetcher.groups[g.name].nbytes for g in streamed)
     assert moved.streamed == 3 * slot_bytes
-    assert all(eng.model.prefetcher.groups[g.name].nbytes <= eng.plan.stream_slot_bytes for g in streamed)
+    assert all(eng.runner.prefetcher.groups[g.name].nbytes <= eng.plan.stream_slot_bytes for g in streamed)
 
 
 def test_copy_of_next_block_is_issued_before_current_compute_ends(ref):
     path, _ = ref
     eng = hetero_qwen.load(path, profile=CASES["ffn-cpu-streamed"], quiet=True)
-    pf = eng.model.prefetcher
+    pf = eng.runner.prefetcher
     pf.timeline.clear()
     eng.logits(IDS[:64])  # one chunk: every FFN streamed once, in layer order
     events = [(e, n) for _, e, n in pf.timeline]
@@ -128,7 +101,7 @@ def test_an_op_over_the_gpu_budget_is_an_error_naming_it(ref):
 
 
 def test_a_plan_that_does_not_fit_is_one_line(ref, capsys):
-    from conftest import run_cli
+    from helpers import run_cli
     import yaml
     path, _ = ref
     prof = path.parent / "tiny-budget.yaml"

@@ -71,9 +71,9 @@ def test_loaded_cpu_weights_live_in_the_arena(hf_causal, fmt):
     _, path = hf_causal
     eng = hetero_qwen.load(path, quiet=True, dtype="bf16", profile={"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"},
                                                                     "weights": {"cpu_dtype": fmt}})
-    arena = eng.model.host_arena
-    ffn = eng.model.layers[0].ffn.ops["cpu"].fused.kernel
-    mixer = eng.model.layers[0].mixer.ops["cpu"]
+    arena = eng.runner.host_arena
+    ffn = eng.runner.layers[0].ffn.ops["cpu"].fused.kernel
+    mixer = eng.runner.layers[0].mixer.ops["cpu"]
     for w in (ffn.gate, ffn.up, ffn.down, mixer.in_proj_qkv.kernel.weight):
         assert arena.holds(w.data) and (w.meta is None or arena.holds(w.meta))
     assert not arena.holds(torch.empty(10))

@@ -4,13 +4,11 @@ import pytest
 import torch
 
 import hetero_qwen
+from helpers import rel_err
 from hf_models import hf_greedy, hf_logits, make_hf_model, save_hf_model
 
 PROMPT = [(7 * i + 3) % 300 + 1 for i in range(40)]
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("which", ["hf_causal", "hf_cond"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hetero_qwen
-from conftest import run_cli
+from helpers import run_cli
 from hf_models import hf_logits
 
 IDS = [(11 * i + 5) % 300 + 1 for i in range(150)]
@@ -82,7 +82,7 @@ def test_info_reports_the_kernel_backend(capsys):
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_quantizing_by_row_blocks_equals_quantizing_whole(fmt):
-    from hetero_qwen.executor.placement import pack_rows
+    from hetero_qwen.executor.weights import pack_rows
     from hetero_qwen.kernels import PackedWeight
     t = torch.randn(1000, 200)
     a, b = pack_rows(t, fmt, PackedWeight, rows=128), PackedWeight.from_float(t, fmt)

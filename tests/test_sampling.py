@@ -74,7 +74,7 @@ def test_generate_stops_at_eos_and_max_tokens(hf_causal):
 
 
 def test_generate_without_model_uses_the_tiny_model(tmp_path, monkeypatch, capsys):
-    from conftest import run_cli
+    from helpers import run_cli
     monkeypatch.setenv("HETERO_QWEN_HOME", str(tmp_path))
     code, out, err = run_cli(["generate", "--prompt", "Hello", "-n", "4", "--seed", "1"], capsys)
     assert code == 0 and "embedded tiny model" in err and "random weights" in err

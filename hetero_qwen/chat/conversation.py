@@ -8,13 +8,13 @@ preserve_thinking is on), so that a snapshot is waiting exactly there.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..decode import Generation
 from ..errors import InputError
 from ..replies import ends_inside_think, split_reasoning
 from ..sampling import PRESETS, Sampler, SamplingParams
@@ -64,7 +64,8 @@ class ChatSettings:
 
 
 class Turn:
-    """One reply being generated. Iterate it for token ids; stop early by simply not iterating on.
+    """One reply being generated: the one decode loop (hetero_qwen.decode.Generation) over the
+    conversation's caches. Iterate it for token ids; stop early by simply not iterating on.
 
     `finish_reason` is "stop" (an end token), "length" (max_new_tokens), "context" (the context is
     full) or "interrupted" (the caller stopped iterating). The last token yielded is never fed to the
@@ -74,45 +75,55 @@ class Turn:
     def __init__(self, conversation: "Conversation", prompt_text: str, prompt_ids: list[int],
                  logits: torch.Tensor, sync: SyncStats, params: SamplingParams, stop_ids: frozenset[int]):
         self.conversation = conversation
-        self.prompt_text, self.prompt_ids, self.logits = prompt_text, prompt_ids, logits
+        self.prompt_text, self.prompt_ids = prompt_text, prompt_ids
         self.sync = sync
         self.params = params
-        self.stop_ids = stop_ids
         self.starts_in_think = ends_inside_think(prompt_text)
-        self.sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
-        self.sampler.generator = conversation.generator  # one seeded stream for the whole chat
-        self.tokens: list[int] = []
-        self.decode_steps = 0
-        self.decode_seconds = 0.0
-        self.finish_reason = "interrupted"
+        sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
+        sampler.generator = conversation.generator  # one seeded stream for the whole chat
+        cache = conversation.cache
+        self.generation = Generation(cache.feed, lambda: len(cache.tokens), conversation.engine.context, logits,
+                                     sampler, stop_ids, conversation.settings.max_new_tokens)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """fp32 [V] after the prompt: what the first reply token is sampled from."""
+        return self.generation.logits
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.generation.sampler
+
+    @sampler.setter
+    def sampler(self, sampler) -> None:  # tests script the reply
+        self.generation.sampler = sampler
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return self.generation.stop_ids
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.generation.tokens
+
+    @property
+    def finish_reason(self) -> str:
+        return self.generation.finish_reason
+
+    @property
+    def decode_steps(self) -> int:
+        return self.generation.decode_steps
+
+    @property
+    def decode_seconds(self) -> float:
+        return self.generation.decode_seconds
 
     @property
     def decode_tokens_per_s(self) -> float:
-        return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
+        return self.generation.decode_tokens_per_s
 
     def __iter__(self) -> Iterator[int]:
-        cache = self.conversation.cache
-        context = self.conversation.engine.context
-        limit = self.conversation.settings.max_new_tokens
-        logits = self.logits
-        while True:
-            token = self.sampler(logits)
-            self.sampler.accept(token)
-            self.tokens.append(token)
-            yield token
-            if token in self.stop_ids:
-                self.finish_reason = "stop"
-                return
-            if limit is not None and len(self.tokens) >= limit:
-                self.finish_reason = "length"
-                return
-            if len(cache.tokens) + 1 > context:
-                self.finish_reason = "context"
-                return
-            t0 = time.perf_counter()
-            logits = cache.feed([token])
-            self.decode_seconds += time.perf_counter() - t0
-            self.decode_steps += 1
+        return iter(self.generation)
 
     def reply_text(self) -> str:
         ids = self.tokens[:-1] if self.finish_reason == "stop" else self.tokens

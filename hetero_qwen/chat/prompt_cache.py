@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import PREFILL_CHUNK, Session
+from ..engine import Session
 
 
 class Interrupted(Exception):
@@ -49,9 +49,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class PromptCache:
     """A session plus the snapshots that let it rewind. Bookkeeping only: tensors stay in the session."""
 
-    def __init__(self, session: Session, chunk: int = PREFILL_CHUNK):
+    def __init__(self, session: Session):
         self.session = session
-        self.chunk = chunk  # stop requests are honoured between chunks
+        self.chunk = session.engine.prefill_chunk  # stop requests are honoured between chunks
         self.snapshots: list[tuple[int, tuple]] = []  # (position, Session.snapshot()), by position
         self.prefilled_total = 0
         self.last = SyncStats()

@@ -67,12 +67,10 @@ def chat(
 
 
 def summary_lines(engine, name: str, random_weights: bool) -> list[str]:
-    lines = [f"hetero-qwen chat · {name} · {str(engine.model.dtype).removeprefix('torch.')} · "
+    lines = [f"hetero-qwen chat · {name} · {str(engine.runner.dtype).removeprefix('torch.')} · "
              f"context {engine.context} tokens"]
-    plan = getattr(engine, "plan_summary", None)
-    plan = plan() if callable(plan) else plan
-    if plan:
-        lines.append(str(plan))
+    if engine.plan_summary:
+        lines.append(engine.plan_summary)
     if random_weights:
         lines.append("this is the embedded tiny model with RANDOM weights: its replies are noise "
                      "(pass --model DIR for a real checkpoint)")

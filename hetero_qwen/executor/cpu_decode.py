@@ -1,13 +1,13 @@
 """One-token decode of CPU-resident layers straight through the C++ kernels.
 
-The generic forward (Qwen35Model.hidden) wraps each kernel call in small torch ops: norms,
+The generic forward (runner.Runner.hidden) wraps each kernel call in small torch ops: norms,
 dtype casts, reshapes, about 250 per layer. On the mid bench model that was ~4 ms per token,
 more than the int4 weight reads themselves (~3 ms). For a single token (B = T = 1) of a layer
 whose mixer and FFN both decode on the CPU with the C++ kernels, this path runs the same math
 as model/layers.py with the hidden state in fp32 and one C++ call per step, into buffers
 allocated once:
 
-  DeltaNet mixer : rmsnorm, the input projections (one call: the loader stores them back to back),
+  DeltaNet mixer : rmsnorm, the input projections (one call over the model's PACKED_MODULES block),
                    fused conv + delta step, gated norm, out_proj, += x
   attention mixer: rmsnorm, q/k/v projections (one call), then one call for the q/k norms, RoPE, the KV
                    cache write, softmax attention and the sigmoid gate; o_proj, += x
@@ -20,14 +20,19 @@ dtype after every op). tests/test_cpu_decode.py checks it against the generic pa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..config import FULL
 from ..kernels import cpp, dispatch
 from ..kernels.ops import CpuFFN, CpuLinear
-from ..kernels.quant import PackedWeight
 from ..model.layers import FFN, Attention, GatedDeltaNet
-from .placement import CpuKernelOp
+from ..model.rope import Rope
+from .cpu_ops import CpuKernelOp
+
+if TYPE_CHECKING:
+    from .runner import Runner
 
 
 def _kernel(op, cls):
@@ -35,26 +40,6 @@ def _kernel(op, cls):
     if isinstance(op, CpuKernelOp) and isinstance(op.kernel, cls):
         return op.kernel
     return None
-
-
-def _rows_block(ts: list[torch.Tensor]) -> torch.Tensor | None:
-    """One tensor over matrices stored back to back in one buffer (placement.fuse_rows), else None."""
-    for a, b in zip(ts, ts[1:]):
-        if (a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.dtype != b.dtype
-                or a.shape[1:] != b.shape[1:] or not (a.is_contiguous() and b.is_contiguous())
-                or a.data_ptr() + a.numel() * a.element_size() != b.data_ptr()):
-            return None
-    return ts[0].as_strided((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), ts[0].stride())
-
-
-def _fused(ks: list[CpuLinear]) -> CpuLinear | None:
-    """The input projections as one matrix, when the loader stored their rows back to back."""
-    ws = [k.weight for k in ks]
-    data = _rows_block([w.data for w in ws])
-    meta = _rows_block([w.meta for w in ws]) if ws[0].meta is not None else None
-    if data is None or (ws[0].meta is not None and meta is None) or len({w.fmt for w in ws}) != 1:
-        return None
-    return CpuLinear(PackedWeight(ws[0].fmt, data, meta, data.shape[0], ws[0].in_features), ws[0].fmt)
 
 
 class _Linear:
@@ -192,14 +177,12 @@ class CpuDecodePath:
         self.layers, self.head = layers, head
 
     @staticmethod
-    def build(model) -> "CpuDecodePath | None":
+    def build(model: "Runner") -> "CpuDecodePath | None":
         if not cpp.available():
             return None
         cfg = model.cfg
-        rope = _RopeAt(model.rope(model.devices.cpu))
-        layers = []
-        for layer in model.layers:
-            layers.append(_build_layer(cfg, layer, rope))
+        rope = _RopeAt(Rope(cfg, "cpu"))
+        layers = [_build_layer(cfg, layer, rope) for layer in model.layers]
         head = None
         hs = model.head
         if hs.decode_device == "cpu" and _kernel(hs.ops.get("cpu"), CpuLinear) is not None:
@@ -233,9 +216,8 @@ def _build_layer(cfg, layer, rope):
         if any(k is None for k in ks.values()):
             return None
         lins = {n: _Linear(k) for n, k in ks.items()}
-        fused = _fused([ks["q"], ks["k"], ks["v"]])
-        if fused is not None:
-            lins["in"] = _Linear(fused)
+        if mixer.packed_in is not None:
+            lins["in"] = _Linear(mixer.packed_in)
         m = _Attention(cfg, mixer.norms["cpu"], mop, lins, rope)
     elif layer.kind != FULL and isinstance(mop, GatedDeltaNet) and mop.decode_step is not None:
         names = {"qkv": mop.in_proj_qkv, "z": mop.in_proj_z, "b": mop.in_proj_b, "a": mop.in_proj_a,
@@ -244,9 +226,8 @@ def _build_layer(cfg, layer, rope):
         if any(k is None for k in ks.values()):
             return None
         lins = {n: _Linear(k) for n, k in ks.items()}
-        fused = _fused([ks["qkv"], ks["z"], ks["b"], ks["a"]])
-        if fused is not None:
-            lins["in"] = _Linear(fused)
+        if mixer.packed_in is not None:
+            lins["in"] = _Linear(mixer.packed_in)
         m = _DeltaNet(cfg, mixer.norms["cpu"], mop, lins)
     else:
         return None

@@ -80,16 +80,12 @@ class Device:
         kind = "simulated " if self.simulated else ""
         return f"Device({kind}{self.name} on {self.torch})"
 
-    def place(self, t: torch.Tensor, owner: str, pin: bool = False) -> torch.Tensor:
-        """Charge `t` to this device and return it there (pinned host memory when asked)."""
+    def place(self, t: torch.Tensor, owner: str) -> torch.Tensor:
+        """Charge `t` to this device and return it there."""
         self.memory.alloc(t.numel() * t.element_size(), owner)
         if self.is_cuda:
             return t.to(self.torch)
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if pin and torch.cuda.is_available():
-            return t.pin_memory()
-        return t
+        return t.cpu() if t.device.type != "cpu" else t
 
 
 class Devices:
@@ -98,6 +94,28 @@ class Devices:
     def __init__(self, gpu: Device | None, cpu: Device):
         self.gpu, self.cpu = gpu, cpu
         self.traffic = Traffic()
+        self.locked: list[tuple[int, int]] = []  # [start, end) host ranges page-locked for the GPU
+        self.locked_bytes = 0
+
+    def lock_host(self, t: torch.Tensor) -> None:
+        """Page-lock host memory `t`, exactly its size, so copies from it to a real GPU run
+        asynchronously (torch's pinned allocator would round each block up to a power of two).
+        On a simulated GPU the range is only recorded, so the accounting can be checked."""
+        if self.gpu is None:
+            return
+        start, n = t.data_ptr(), t.numel() * t.element_size()
+        if self.gpu.is_cuda:
+            torch.cuda.check_error(int(torch.cuda.cudart().cudaHostRegister(start, n, 0)))
+        self.locked.append((start, start + n))
+        self.locked_bytes += n
+
+    def is_locked(self, t: torch.Tensor) -> bool:
+        """Whether a copy from host tensor `t` can be asynchronous (page-locked memory)."""
+        lo = t.data_ptr()
+        hi = lo + t.numel() * t.element_size()
+        if any(a <= lo and hi <= b for a, b in self.locked):
+            return True
+        return self.gpu is not None and self.gpu.is_cuda and t.is_pinned()
 
     def __getitem__(self, name: str) -> Device:
         dev = self.gpu if name == "gpu" else self.cpu if name == "cpu" else None

@@ -27,6 +27,7 @@ class HostArena:
     def __init__(self, chunk_bytes: int = 1 << 30):
         self.chunk_bytes = chunk_bytes
         self._chunks: list[list] = []   # [bytes tensor over the mapping, bytes used]
+        self._large: list[torch.Tensor] = []  # tensors given a mapping of their own
         self.mapped = 0                 # bytes mapped so far (the arena's RSS once touched)
         self.spans: list[tuple[int, int]] = []  # [start, end) addresses handed out (tests, checks)
 
@@ -59,7 +60,9 @@ class HostArena:
             return torch.empty(shape, dtype=dtype)
         need = -(-nbytes // ALIGN) * ALIGN
         if need > self.chunk_bytes // 2:  # large: its own mapping, no tail left in a chunk
-            return self._map(need)[:nbytes].view(dtype).view(shape)
+            m = self._map(need)
+            self._large.append(m[:need])
+            return m[:nbytes].view(dtype).view(shape)
         for c in self._chunks:
             if c[0].numel() - c[1] >= need:
                 break
@@ -69,6 +72,15 @@ class HostArena:
         off = c[1]
         c[1] += need
         return c[0][off:off + nbytes].view(dtype).view(shape)
+
+    def used(self) -> list[torch.Tensor]:
+        """The bytes handed out, as one uint8 tensor per mapping, rounded up to whole 4 KiB pages
+        (what to page-lock so that exactly these tensors can be copied to a GPU asynchronously)."""
+        out = []
+        for m, n in [(c[0], c[1]) for c in self._chunks] + [(t, t.numel()) for t in self._large]:
+            if n:
+                out.append(m[:min(m.numel(), -(-n // mmap.PAGESIZE) * mmap.PAGESIZE)])
+        return out
 
     def copy(self, t: torch.Tensor) -> torch.Tensor:
         """A contiguous copy of host tensor `t` in the arena."""

@@ -1,7 +1,7 @@
 """Pick a backend per (op, format, batch): C++, Numba, torch's own CPU kernels, or the reference.
 
-Static table (from bench/kernels.py on the dev machine, AMD EPYC Zen 4, 2 cores; see the
-module-level TABLE). No autotuning at startup:
+A static rule (from bench/kernels.py on the dev machine, AMD EPYC Zen 4, 2 cores), no
+autotuning at startup:
 
   op                 batch <= 8 (decode, speculative verify)    batch > 8 (prefill)
   linear / ffn bf16  cpp, else numba                           torch: F.linear bf16 (oneDNN)
@@ -15,7 +15,7 @@ batch 1 (bench/kernels.py prints the ratio), so C++ wins there; prefill is compu
 oneDNN's blocked GEMM wins. Numba is only the fallback: it was never faster than C++ here.
 
 Forcing: env HETERO_QWEN_KERNELS=cpp|numba|torch|reference, or `force_backend(name)` (None
-restores the table). A forced `cpp` without the build raises with the build hint.
+restores the rule). A forced `cpp` without the build raises with the build hint.
 
 Threads: `set_threads(n)` sizes the C++ pool, Numba and torch together (the profile's
 `threads`). The three never run at the same time within a decode step, so one size for all
@@ -34,7 +34,10 @@ from . import numba_kernels as nk
 from .quant import PackedWeight, dequantize_int4, dequantize_int8
 
 BACKENDS = ("cpp", "numba", "torch", "reference")
-PREFILL_BATCH = 8  # batches above this go to torch's compute-bound GEMMs
+# Forwards of at most this many tokens are GEMV-shaped (decode, speculative verify): our kernels'
+# thread pool runs them (and the engine keeps torch single-threaded meanwhile); larger batches
+# (prefill) go to torch's compute-bound GEMMs.
+SMALL_BATCH = 8
 
 _forced: str | None = None
 _threads: int | None = None
@@ -66,7 +69,7 @@ def choose(op: str, fmt: str | None, batch: int) -> str:
         if f == "torch" and op == "deltanet":
             return "reference"  # torch's own DeltaNet step is the reference code
         return f
-    if op != "deltanet" and batch > PREFILL_BATCH:
+    if op != "deltanet" and batch > SMALL_BATCH:
         return "torch"
     return "cpp" if cpp.available() else "numba"
 
@@ -187,7 +190,7 @@ def kernel_info() -> dict:
         "cpu": feats["cpu"],
         "cpu_isa": feats["isa"],
         "threads": get_threads(),
-        "prefill_backend": "torch (oneDNN bf16 GEMM; int8/int4 dequantized in bf16 tiles) above batch %d" % PREFILL_BATCH,
+        "prefill_backend": "torch (oneDNN bf16 GEMM; int8/int4 dequantized in bf16 tiles) above batch %d" % SMALL_BATCH,
     }
     if not cpp.available():
         info["cpp_error"] = cpp.load_error()

@@ -1,5 +1,5 @@
-"""Per-layer caches behind one small protocol: `nbytes()`, `reset()`, `trim(n)`, `snapshot()`,
-`restore(snap)`. KV caches can be trimmed back to any length; the DeltaNet recurrent state
+"""Per-layer caches behind one small protocol: `nbytes()`, `reset()`, `trim(n)` (drop the last n
+tokens, as mlx-lm's caches do), `snapshot()`, `restore(snap)`. KV caches can be trimmed back to any length; the DeltaNet recurrent state
 cannot (it folds every token in), so it is rewound only by restoring a snapshot taken earlier.
 """
 
@@ -57,15 +57,18 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
-    def trim(self, n: int) -> None:
-        """Keep the first `n` tokens."""
-        self.length = min(self.length, n)
+    def trim(self, n: int) -> int:
+        """Drop the last `n` tokens (mlx-lm's convention); returns how many were dropped."""
+        n = min(self.length, n)
+        self.length -= n
+        return n
 
     def snapshot(self) -> int:
         return self.length
 
     def restore(self, snap: int) -> None:
-        self.trim(snap)
+        """Back to a length taken by snapshot() (only ever shorter: the K/V before it are intact)."""
+        self.length = min(self.length, snap)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class DeltaNetCache:
         self.conv.zero_()
         self.state.zero_()
 
-    def trim(self, n: int) -> None:
+    def trim(self, n: int) -> int:
         raise ValueError("a DeltaNet recurrent state cannot be trimmed; restore a snapshot instead")
 
     def snapshot(self) -> DeltaNetSnapshot:

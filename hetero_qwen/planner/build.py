@@ -43,8 +43,14 @@ def _placement(ctx: PlanContext, i: int, home: str, prefill_device: str) -> Grou
         name=it.name, kind=it.kind, layer=it.layer, bytes=it.nbytes(home), dtype=ctx.dtype_of(home),
         home=home, decode_device=cost.device_of(home), prefill_device=prefill_device,
         stream_prefill=prefill_device != cost.device_of(home),
-        crossover_tokens=ctx.crossover(i, home) if it.streamable and home != "gpu" else None,
+        crossover_tokens=_crossover(ctx, i, home) if it.streamable and home != "gpu" else None,
         cache=cache, cache_bytes=it.cache_bytes(ctx.p.context))
+
+
+def _crossover(ctx: PlanContext, i: int, home: str) -> int | None:
+    """The chunk size from which this block streams: the cost model's, or every multi-token
+    forward under `prefill.stream: on`."""
+    return 2 if ctx.p.prefill_stream == "on" else ctx.crossover(i, home)
 
 
 def tiers_for(ctx: PlanContext, homes: list[str], cap: int) -> dict:

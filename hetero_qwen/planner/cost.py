@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from ..profile import Profile
 from .items import Item
+from .plan import device_of
 
 MAX_CROSSOVER = 1 << 20  # tokens; beyond this we say streaming never wins
-
-
-def device_of(home: str) -> str:
-    """Where an item computes when it is not streamed: its cache lives there too."""
-    return "gpu" if home == "gpu" else "cpu"
 
 
 # Share of the measured read bandwidth our CPU kernels reach in decode, per CPU weight format,

@@ -15,6 +15,12 @@ from dataclasses import asdict, dataclass, field
 TIERS = ("gpu", "cpu", "disk")
 
 
+def device_of(home: str) -> str:
+    """The device a home tier belongs to: where an item's weights are read from and where it
+    computes when not streamed (its cache lives there too). The one home -> device map."""
+    return "gpu" if home == "gpu" else "cpu"
+
+
 @dataclass(frozen=True)
 class GroupPlacement:
     name: str  # checkpoint prefix, e.g. model.language_model.layers.3.mlp
@@ -26,7 +32,7 @@ class GroupPlacement:
     decode_device: str  # gpu | cpu
     prefill_device: str  # gpu | cpu, for a full prefill chunk
     stream_prefill: bool  # off-GPU block copied to the GPU for prefill
-    crossover_tokens: int | None  # chunk size from which streaming beats the CPU (None: never)
+    crossover_tokens: int | None  # chunk size from which prefill streams to the GPU (None: never)
     cache: str | None = None  # "kv" | "state" | None
     cache_bytes: int = 0  # resident on decode_device
 
