@@ -115,3 +115,17 @@ def build_vision_fixture(dest: Path) -> VisionFixture:
         oracle[key] = dict(ids=ids, pixel_values=pv, grid_thw=grid, logits=logits, greedy=greedy)
     torch.save(oracle, dest / "hf_oracle.pt")  # what the integrated engine path must reproduce
     return VisionFixture(hf, dest, images, processor, oracle)
+
+
+_BUILT: dict = {}
+
+
+def shared_vision_fixture(tmp_path_factory) -> VisionFixture:
+    """Built once per test process, whichever test module asks first."""
+    if "fx" not in _BUILT:
+        _BUILT["fx"] = build_vision_fixture(tmp_path_factory.mktemp("vision"))
+    return _BUILT["fx"]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
