@@ -116,3 +116,32 @@ def test_bf16_multimodal_within_tolerance(fx):
     ours16 = MultimodalModel(fx.path, dtype=torch.bfloat16).logits(o["ids"], o["pixel_values"], o["grid_thw"])
     assert rel_err(ours16, ref) < 0.05
     assert (ours16.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
+
+
+@pytest.mark.parametrize("chunk", [5, 7, 16])
+def test_prefill_chunks_cutting_through_images(fx, ours, chunk):
+    """Fixed-size prefill chunks that split image placeholder runs: slice the whole prompt's
+    positions and image rows per chunk."""
+    from hetero_qwen.model.multimodal import image_rows_for_chunk
+    o = fx.oracle["two"]
+    ids = o["ids"]
+    pos = ours.positions(ids, o["grid_thw"])
+    embeds = ours.encode_images(o["pixel_values"], o["grid_thw"])
+    caches = ours.new_caches(len(ids))
+    out = [ours.forward(ids[a:a + chunk], caches, pos[:, a:a + chunk],
+                        embeds[image_rows_for_chunk(ids, a, a + chunk, IMAGE_PAD)])
+           for a in range(0, len(ids), chunk)]
+    assert rel_err(torch.cat(out), o["logits"]) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tower_and_mrope_on_cuda_equal_cpu(fx, ours):
+    from hetero_qwen.model.mrope import MRope
+    from hetero_qwen.model.vision import VisionWeights, vision_tower
+    o = fx.oracle["two"]
+    w = VisionWeights(ours.vision.cfg, {k: v.cuda() for k, v in ours.vision.t.items()})
+    assert rel_err(vision_tower(w, o["pixel_values"], o["grid_thw"]).cpu(),
+                   vision_tower(ours.vision, o["pixel_values"], o["grid_thw"])) < 1e-4
+    pos = ours.positions(o["ids"], o["grid_thw"])
+    assert torch.allclose(MRope(ours.cfg, (4, 2, 2), "cuda").cos_sin(pos, torch.float32)[0].cpu(),
+                          ours.rope.cos_sin(pos, torch.float32)[0], atol=1e-6)

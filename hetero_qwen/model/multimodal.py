@@ -33,6 +33,13 @@ def scatter_image_embeds(embeds: torch.Tensor, image_embeds: torch.Tensor, mask:
     return out
 
 
+def image_rows_for_chunk(ids, start: int, end: int, image_token_id: int) -> slice:
+    """Rows of the prompt's image embeddings that fall in tokens [start, end) (a prefill chunk may
+    cut through an image: slice the full prompt's positions and these rows, never recompute)."""
+    is_image = torch.as_tensor(ids).reshape(-1) == image_token_id
+    return slice(int(is_image[:start].sum()), int(is_image[:end].sum()))
+
+
 @dataclass
 class TextLayer:
     kind: str
@@ -106,7 +113,7 @@ class MultimodalModel:
         """ids [T] at M-RoPE positions [3, T] (continuing `caches`) -> logits fp32 [T, vocab]."""
         ids = torch.as_tensor(ids, device=self.device).reshape(-1)
         x = self.embed[ids]
-        if image_embeds is not None:
+        if image_embeds is not None and image_embeds.shape[0]:
             x = scatter_image_embeds(x, image_embeds, ids == self.mm.image_token_id)
         x = x[None]                                                     # [1, T, H]
         cos, sin = self.rope.cos_sin(positions, self.dtype)

@@ -67,13 +67,13 @@ def interpolated_pos_embed(table: torch.Tensor, side: int, h: int, w: int, merge
         lo = lo.long()
         return lo, (lo + 1).clamp(max=side - 1), 1 - frac, frac
 
-    r0, r1, wr0, wr1 = taps(h)
-    c0, c1, wc0, wc1 = taps(w)
+    r0, r1, wr0, wr1 = (t.to(table.device) for t in taps(h))
+    c0, c1, wc0, wc1 = (t.to(table.device) for t in taps(w))
     grid = table.view(side, side, -1)
     out = torch.zeros(h, w, table.shape[-1], dtype=torch.float32, device=table.device)
     for r, wr in ((r0, wr0), (r1, wr1)):
         for c, wc in ((c0, wc0), (c1, wc1)):
-            weight = (wr[:, None] * wc[None, :]).to(table.device)           # [h, w]
+            weight = wr[:, None] * wc[None, :]                              # [h, w]
             out += grid[r][:, c] * weight[..., None]
     return merge_block_order(out, merge)
 
