@@ -145,3 +145,9 @@ def test_tower_and_mrope_on_cuda_equal_cpu(fx, ours):
     pos = ours.positions(o["ids"], o["grid_thw"])
     assert torch.allclose(MRope(ours.cfg, (4, 2, 2), "cuda").cos_sin(pos, torch.float32)[0].cpu(),
                           ours.rope.cos_sin(pos, torch.float32)[0], atol=1e-6)
+
+
+def test_placeholders_without_image_embeddings_are_refused(fx, ours):
+    ids = fx.oracle["one"]["ids"]
+    with pytest.raises(InputError, match="8 image placeholder tokens but the images give 0"):
+        ours.forward(ids, ours.new_caches(len(ids)), text_positions(0, len(ids)))

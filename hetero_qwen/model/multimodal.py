@@ -113,8 +113,10 @@ class MultimodalModel:
         """ids [T] at M-RoPE positions [3, T] (continuing `caches`) -> logits fp32 [T, vocab]."""
         ids = torch.as_tensor(ids, device=self.device).reshape(-1)
         x = self.embed[ids]
-        if image_embeds is not None and image_embeds.shape[0]:
-            x = scatter_image_embeds(x, image_embeds, ids == self.mm.image_token_id)
+        if image_embeds is not None or (self.mm is not None and bool((ids == self.mm.image_token_id).any())):
+            # placeholders without embeddings (or the reverse) are an error, never a silent text embed
+            x = scatter_image_embeds(x, x[:0] if image_embeds is None else image_embeds,
+                                     ids == (self.mm.image_token_id if self.mm else -1))
         x = x[None]                                                     # [1, T, H]
         cos, sin = self.rope.cos_sin(positions, self.dtype)
         eps = self.cfg.rms_norm_eps
