@@ -55,6 +55,7 @@ class PromptCache:
         self.snapshots: list[tuple[int, tuple]] = []  # (position, Session.snapshot()), by position
         self.prefilled_total = 0
         self.last = SyncStats()
+        self._t0, self._taken = time.perf_counter(), 0  # the sync in progress (prepare -> record_end)
 
     @property
     def tokens(self) -> list[int]:
@@ -79,28 +80,52 @@ class PromptCache:
         Raises Interrupted (caches consistent, at a chunk boundary) when `should_stop()` turns true.
         """
         ids = list(ids)
+        self.prepare(ids, marks, should_stop)
+        logits = self._feed_to(ids, len(ids), should_stop)
+        self.record_end()
+        return logits
+
+    def prepare(self, ids: Sequence[int], marks: Sequence[int] = (),
+                should_stop: Callable[[], bool] | None = None) -> list[int]:
+        """The first half of a sync, for callers that run the prompt's tail through
+        `Engine.generate` themselves: rewind to the longest reusable prefix of `ids`, feed up to
+        the last mark before the end (snapshotting each mark) and return the ids still to feed
+        (never empty: the last prompt token must be fed to get its logits). Call `record_end()`
+        once the caches hold all of `ids` (at the first generated token)."""
+        ids = list(ids)
         if not ids:
             raise ValueError("sync needs at least one token")
-        t0 = time.perf_counter()
-        # At least the last token must be fed to get its logits.
-        self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))
+        self._t0 = time.perf_counter()
+        self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))  # at least the last is fed
         start = len(self.tokens)
         self.last = SyncStats(reused=start)
-        stops = sorted({m for m in marks if start <= m < len(ids)} | {len(ids)})
-        taken = 0
-        logits = None
-        for stop in stops:
-            while len(self.tokens) < stop:
-                if should_stop is not None and should_stop():
-                    raise Interrupted()  # snapshots taken so far stay usable
-                piece = ids[len(self.tokens):min(stop, len(self.tokens) + self.chunk)]
-                logits = self.feed(piece)
-                self.last.prefilled += len(piece)
-                self.prefilled_total += len(piece)
+        self._taken = 0
+        for stop in sorted({m for m in marks if start <= m < len(ids)}):
+            self._feed_to(ids, stop, should_stop)
             self.snapshots = [s for s in self.snapshots if s[0] < stop] + [(stop, self.session.snapshot())]
-            taken += 1
-        self.snapshots = self.snapshots[-taken:]  # the policy: keep only this prompt's snapshots
-        self.last.seconds = time.perf_counter() - t0
+            self._taken += 1
+        return ids[len(self.tokens):]
+
+    def record_end(self, fed: int = 0) -> None:
+        """The caches now hold the whole prompt (`fed` tokens of it went in outside `feed`):
+        snapshot here and keep only this prompt's snapshots (the policy above)."""
+        self.last.prefilled += fed
+        self.prefilled_total += fed
+        end = len(self.tokens)
+        self.snapshots = [s for s in self.snapshots if s[0] < end] + [(end, self.session.snapshot())]
+        self.snapshots = self.snapshots[-(self._taken + 1):]
+        self.last.seconds = time.perf_counter() - self._t0
+
+    def _feed_to(self, ids: list[int], stop: int, should_stop: Callable[[], bool] | None) -> torch.Tensor | None:
+        """Feed ids[len(tokens):stop] in chunks; the logits after the last one fed."""
+        logits = None
+        while len(self.tokens) < stop:
+            if should_stop is not None and should_stop():
+                raise Interrupted()  # snapshots taken so far stay usable
+            piece = ids[len(self.tokens):min(stop, len(self.tokens) + self.chunk)]
+            logits = self.feed(piece)
+            self.last.prefilled += len(piece)
+            self.prefilled_total += len(piece)
         return logits
 
     def feed(self, ids: list[int]) -> torch.Tensor:
@@ -121,6 +146,21 @@ class PromptCache:
             self.session.restore(self.snapshots[-1][1])
         else:
             self.session.reset()
+
+
+def next_divergence(render: Callable[[list[dict]], str], encode: Callable[[str], list[int]],
+                    messages: Sequence[dict], ids: Sequence[int], think: bool) -> int:
+    """Where the next turn's prompt will likely first differ from `ids` (the prompt for
+    `messages`): render the history as it will look then (a reply to these messages, another
+    question asked) with stand-in text. `render(messages)` renders without a generation prompt."""
+    reply = {"role": "assistant", "content": _PLACEHOLDER}
+    if think:
+        reply["reasoning_content"] = _PLACEHOLDER
+    later = list(messages) + [reply, {"role": "user", "content": _PLACEHOLDER}]
+    return common_prefix(ids, encode(render(later)))
+
+
+_PLACEHOLDER = "x"  # stand-in reply text (any short word will do)
 
 
 def _tensor_bytes(obj) -> int:
