@@ -66,7 +66,7 @@ class PromptCache:
         return [pos for pos, _ in self.snapshots]
 
     def snapshot_bytes(self) -> int:
-        return sum(_tensor_bytes(snap) for _, snap in self.snapshots)
+        return sum(tensor_bytes(snap) for _, snap in self.snapshots)
 
     def clear(self) -> None:
         self.session.reset()
@@ -163,12 +163,12 @@ def next_divergence(render: Callable[[list[dict]], str], encode: Callable[[str],
 _PLACEHOLDER = "x"  # stand-in reply text (any short word will do)
 
 
-def _tensor_bytes(obj) -> int:
+def tensor_bytes(obj) -> int:
     """Bytes held by the tensors inside a snapshot (nested tuples, lists and dataclasses)."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(o) for o in obj)
+        return sum(tensor_bytes(o) for o in obj)
     if hasattr(obj, "__dataclass_fields__"):
-        return sum(_tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+        return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
     return 0
