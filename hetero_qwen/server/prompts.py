@@ -63,7 +63,8 @@ class PromptBuilder:
         ids = self.tokenizer.encode(text + forced_now)
         mark = next_divergence(lambda m: render(m, False), self.tokenizer.encode, req.messages, ids, think)
         prompt = self._finish(req, text + forced_now, [mark], params, ends_inside_think(text), "messages", ids)
-        prompt.forced_now, prompt.forced_after_think = forced_now, forced if forced and not forced_now else ""
+        prompt.forced_now = forced_now
+        prompt.forced_after_think = "\n\n" + forced if forced and not forced_now else ""  # as the template writes it
         prompt.parse_tools = tools is not None
         return prompt
 
