@@ -6,10 +6,12 @@ KV caches can be cut back to any length, but a DeltaNet recurrent state folds in
 cannot be rewound: it is restored from a snapshot taken earlier at or before the difference.
 
 Snapshot policy: a sync takes snapshots only at the positions its caller marks (where the next
-turn's rendering is expected to diverge) and at the end of the prompt, and after a successful sync
-only those snapshots are kept. Older ones can only help if history before the latest prompt changes
-(/system, /preserve, /load), which is rare and answered by a fresh prefill. A snapshot costs the
-DeltaNet state (~150 MiB on 27B; KV layers only store a length), so a chat holds at most two.
+turn's rendering is expected to diverge; the server also marks the end of the system prompt) and at
+the end of the prompt, and after a successful sync only snapshots at this prompt's marks (taken now
+or by an earlier sync) and at its end are kept. Older ones can only help if history before the
+latest prompt changes (/system, /preserve, /load), which is rare and answered by a fresh prefill. A
+snapshot costs the DeltaNet state (~150 MiB on 27B; KV layers only store a length), so a chat holds
+at most two.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class PromptCache:
         self.snapshots: list[tuple[int, tuple]] = []  # (position, Session.snapshot()), by position
         self.prefilled_total = 0
         self.last = SyncStats()
-        self._t0, self._taken = time.perf_counter(), 0  # the sync in progress (prepare -> record_end)
+        self._t0, self._keep = time.perf_counter(), set()  # the sync in progress (prepare -> record_end)
 
     @property
     def tokens(self) -> list[int]:
@@ -99,11 +101,10 @@ class PromptCache:
         self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))  # at least the last is fed
         start = len(self.tokens)
         self.last = SyncStats(reused=start)
-        self._taken = 0
-        for stop in sorted({m for m in marks if start <= m < len(ids)}):
+        self._keep = {m for m in marks if m < len(ids)}
+        for stop in sorted(m for m in self._keep if m >= start):
             self._feed_to(ids, stop, should_stop)
             self.snapshots = [s for s in self.snapshots if s[0] < stop] + [(stop, self.session.snapshot())]
-            self._taken += 1
         return ids[len(self.tokens):]
 
     def record_end(self, fed: int = 0) -> None:
@@ -112,8 +113,8 @@ class PromptCache:
         self.last.prefilled += fed
         self.prefilled_total += fed
         end = len(self.tokens)
-        self.snapshots = [s for s in self.snapshots if s[0] < end] + [(end, self.session.snapshot())]
-        self.snapshots = self.snapshots[-(self._taken + 1):]
+        kept = [s for s in self.snapshots if s[0] < end and s[0] in self._keep]
+        self.snapshots = kept + [(end, self.session.snapshot())]
         self.last.seconds = time.perf_counter() - self._t0
 
     def _feed_to(self, ids: list[int], stop: int, should_stop: Callable[[], bool] | None) -> torch.Tensor | None:

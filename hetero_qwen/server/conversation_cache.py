@@ -23,6 +23,7 @@ class Parked:
     tokens: list[int]
     layers: list        # per cache: ("kv", k [B, H, n, D] host, v) or ("state", DeltaNet snapshot)
     snapshots: list     # the PromptCache's (position, Session.snapshot()) list
+    resume_at: int      # a request that reuses less than this is another conversation
     nbytes: int
 
     @property
@@ -45,13 +46,15 @@ class ConversationCache:
         self.live = PromptCache(session)
         self.budget = budget_bytes
         self.parked: list[Parked] = []  # least recently used first
+        self.resume_at = 0  # the live conversation's next turn reuses at least this much
 
     @property
     def parked_bytes(self) -> int:
         return sum(p.nbytes for p in self.parked)
 
-    def select(self, ids: Sequence[int]) -> int:
-        """Make the live session the conversation that can skip most of `ids`; returns that count."""
+    def select(self, ids: Sequence[int], resume_at: int) -> int:
+        """Make the live session the conversation that can skip most of `ids`; returns that count.
+        `resume_at`: where this prompt's next turn will diverge (kept to tell continuations apart)."""
         live = reusable(self.live.tokens, self.live.snapshot_positions, ids)
         best, best_n = None, live
         for i, entry in enumerate(self.parked):
@@ -60,17 +63,21 @@ class ConversationCache:
                 best, best_n = i, n
         if best is not None:
             entry = self.parked.pop(best)
+            if best_n < entry.resume_at:  # only its start is shared: bring back a copy, keep it parked
+                self.parked.append(entry)
             self._park_live()
             self._unpark(entry)
-        elif self.live.tokens and live < min(self.live.snapshot_positions, default=len(self.live.tokens)):
-            # Another conversation: keep this one (it would be rewound past its own history).
+        elif self.live.tokens and live < self.resume_at:
+            # Another conversation (perhaps sharing the system prompt): keep a copy of this one,
+            # since serving the new one rewinds it past its own history.
             self._park_live()
-            self.live.clear()
+        self.resume_at = resume_at
         return best_n
 
     def clear(self) -> None:
         self.live.clear()
         self.parked = []
+        self.resume_at = 0
 
     # ---- parking ------------------------------------------------------------------------------
     def _park_live(self) -> None:
@@ -87,7 +94,8 @@ class ConversationCache:
             else:
                 layers.append(("state", cache.snapshot()))
         snapshots = list(self.live.snapshots)
-        entry = Parked(list(session.tokens), layers, snapshots, tensor_bytes(layers) + tensor_bytes(snapshots))
+        entry = Parked(list(session.tokens), layers, snapshots, self.resume_at,
+                       tensor_bytes(layers) + tensor_bytes(snapshots))
         if entry.nbytes > self.budget:
             return
         self.parked.append(entry)
@@ -109,3 +117,4 @@ class ConversationCache:
                 cache.restore(layer[1])
         session.tokens = list(entry.tokens)
         self.live.snapshots = list(entry.snapshots)
+        self.resume_at = entry.resume_at

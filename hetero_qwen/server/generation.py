@@ -67,7 +67,7 @@ class GenerationRunner:
         p = job.prompt
         live = self.cache.live
         usage = Usage(prompt_tokens=len(p.ids))
-        self.cache.select(p.ids)
+        self.cache.select(p.ids, p.resume_at)
         feed = live.prepare(p.ids, p.marks, should_stop=job.cancelled.is_set)
         usage.cached_tokens = live.last.reused
         usage.fed_tokens = live.last.prefilled + len(feed)

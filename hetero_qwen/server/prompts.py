@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..chat.prompt_cache import next_divergence
+from ..chat.prompt_cache import common_prefix, next_divergence
 from ..errors import InputError
 from ..replies import ends_inside_think
 from ..sampling import PRESETS, SamplingParams
@@ -33,13 +33,14 @@ class Prompt:
     request: GenerationRequest
     text: str
     ids: list[int]
-    marks: list[int]                  # where the next turn likely diverges: snapshot there
+    marks: list[int]                  # snapshot here: the system prompt's end, where the next turn diverges
     params: SamplingParams
     max_new_tokens: int
     started_in_think: bool            # the prompt left <think> open: the reply starts as reasoning
     forced_now: str = ""              # reply text already in the prompt (tool_choice, thinking off)
     forced_after_think: str = ""      # reply text to insert once the reasoning ends (thinking on)
     parse_tools: bool = False
+    resume_at: int = 0                # the next turn of this conversation reuses at least this much
 
 
 class PromptBuilder:
@@ -62,11 +63,25 @@ class PromptBuilder:
         forced_now = forced if forced and not ends_inside_think(text) else ""
         ids = self.tokenizer.encode(text + forced_now)
         mark = next_divergence(lambda m: render(m, False), self.tokenizer.encode, req.messages, ids, think)
-        prompt = self._finish(req, text + forced_now, [mark], params, ends_inside_think(text), "messages", ids)
+        marks = [mark] + self._system_end(req.messages, tools, render, ids)
+        prompt = self._finish(req, text + forced_now, marks, params, ends_inside_think(text), "messages", ids)
+        prompt.resume_at = min(mark, len(ids))
         prompt.forced_now = forced_now
         prompt.forced_after_think = "\n\n" + forced if forced and not forced_now else ""  # as the template writes it
         prompt.parse_tools = tools is not None
         return prompt
+
+    def _system_end(self, messages, tools, render, ids) -> list[int]:
+        """Where the system turn (system prompt, tool list) ends: a snapshot there lets a new
+        conversation with the same system prompt skip it. None when there is no system turn."""
+        head = [m for m in messages[:1] if m["role"] == "system"]
+        if not head and not tools:
+            return []
+        try:
+            text = render(head + [{"role": "user", "content": ""}], False)
+        except InputError:
+            return []
+        return [common_prefix(ids, self.tokenizer.encode(text))]
 
     def _sampling(self, req: GenerationRequest, think: bool) -> SamplingParams:
         name = self.defaults.preset or (THINKING_PRESET if think else INSTRUCT_PRESET)
@@ -86,7 +101,8 @@ class PromptBuilder:
                               f"(the prompt and at least one reply token must fit)", param)
         room = self.context - len(ids)
         limit = req.max_tokens or self.defaults.max_tokens
-        return Prompt(req, text, ids, marks, params, min(limit, room) if limit else room, started_in_think)
+        return Prompt(req, text, ids, marks, params, min(limit, room) if limit else room, started_in_think,
+                      resume_at=len(ids))
 
 
 def _forced_call(req: GenerationRequest) -> str:
