@@ -12,6 +12,7 @@ import openai
 import pytest
 import torch
 
+from hetero_qwen.chat.prompt_cache import common_prefix
 from hetero_qwen.sampling import PRESETS
 from hetero_qwen.server.runner import Server, bind, build_state
 
@@ -218,6 +219,21 @@ def test_preserve_thinking_keeps_reasoning_and_still_hits_the_cache(server, clie
     # preserve off: the old reasoning leaves the prompt (the history changed: a fresh prefill, as in the chat)
     dropped = ask(client, turn3, max_tokens=3)
     assert dropped.usage.prompt_tokens < third.usage.prompt_tokens
+
+
+def test_a_new_conversation_with_the_same_system_prompt_skips_it_and_the_old_one_resumes(server, client):
+    system = {"role": "system", "content": "You are a terse assistant who answers in one line. " * 4}
+    a1 = [system, {"role": "user", "content": "First conversation"}]
+    ra = ask(client, a1, max_tokens=4)
+    tok = server.engine.tokenizer
+    system_turn = tok.encode(tok.render([system, {"role": "user", "content": ""}], add_generation_prompt=False))
+    b1 = [system, {"role": "user", "content": "A different one"}]
+    rb = ask(client, b1, max_tokens=4)
+    shared = common_prefix(tok.encode(tok.render(b1)), system_turn)  # up to "<|im_start|>user\n"
+    assert shared > 60 and rb.usage.prompt_tokens_details.cached_tokens == shared
+    a2 = a1 + [ra.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "more"}]
+    resumed = ask(client, a2, max_tokens=4)  # A was parked when B rewound the session
+    assert resumed.usage.prompt_tokens_details.cached_tokens >= ra.usage.prompt_tokens - 3
 
 
 def test_switching_conversations_parks_and_restores_exactly(server, client):

@@ -35,6 +35,7 @@ class ReplyParser:
         self._held_ws = ""     # trailing whitespace of the current section, emitted only if text follows
         self._fresh = True     # nothing emitted in the current section yet (leading whitespace is dropped)
         self._thought = started_in_think  # a reasoning section was seen (a later <think> is just text)
+        self._before_call = (CONTENT, "", True)  # the section state a tool call interrupted
 
     def feed(self, text: str) -> list[Piece]:
         self.buf += text
@@ -46,10 +47,9 @@ class ReplyParser:
     def finish(self) -> list[Piece]:
         """The end of the reply: what was held back goes out; an unfinished tool call is content."""
         out: list[Piece] = []
-        kind = REASONING if self.state == REASONING else CONTENT
-        if self.state == TOOL:
-            self._section(CONTENT)
-        self._emit(kind, self.buf, out)
+        if self.state == TOOL:  # unfinished: back to the section it interrupted, as plain text
+            self.state, self._held_ws, self._fresh = self._before_call
+        self._emit(self.state, self.buf, out)
         self.buf = ""
         return out
 
@@ -92,6 +92,7 @@ class ReplyParser:
             self._section(CONTENT)
         else:  # a tool call: also ends unclosed reasoning
             self.buf = self.buf[at:]
+            self._before_call = (self.state, self._held_ws, self._fresh)
             self._section(TOOL)
         return True
 
