@@ -460,3 +460,20 @@ def test_a_failed_generation_leaves_the_server_serving(server, client):
     assert err.value.status_code == 500 and "scripted failure" in err.value.body["message"]
     server.double.fail = False
     assert_serving(client)
+
+
+# ---- the README's client example ---------------------------------------------------------------------
+def test_the_readme_client_example_runs_against_the_server(server, client, monkeypatch, capsys):
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("<!-- serve-example -->")[1].split("<!-- /serve-example -->")[0]
+    code = block.split("```python\n")[1].split("```")[0]
+    # the card's reply budgets are for a real model; the tiny random one would fill its context
+    code = code.replace("max_tokens=81920", "max_tokens=6").replace("max_tokens=32768", "max_tokens=6")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    monkeypatch.setattr(server.state, "model_name", "Qwen/Qwen3.6-27B")
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.count("Chat response:") == 3
+    assert server.double.calls[-1]["params"].top_k == 20
+
