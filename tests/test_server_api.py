@@ -250,6 +250,24 @@ def test_switching_conversations_parks_and_restores_exactly(server, client):
     assert fresh.choices[0].message == resumed.choices[0].message
 
 
+def test_parked_conversations_stay_within_the_byte_budget_dropping_the_oldest(server, client):
+    cache, tok = server.state.runner.cache, server.engine.tokenizer
+    cache.clear()
+    convs = [[{"role": "user", "content": f"Conversation number {i} is about topic {i}"}] for i in range(3)]
+    for messages in convs:
+        ask(client, messages, max_tokens=3)
+    assert len(cache.parked) == 2 and cache.parked_bytes <= cache.budget
+    budget = cache.budget
+    cache.budget = max(p.nbytes for p in cache.parked) * 3 // 2  # room for one
+    try:
+        ask(client, [{"role": "user", "content": "a fourth, unrelated"}], max_tokens=3)
+        (kept,) = cache.parked  # the newest parked one (conversation 2); 0 and 1 were dropped
+        assert kept.tokens[:len(tok.encode(tok.render(convs[2])))] == tok.encode(tok.render(convs[2]))
+        assert cache.parked_bytes <= cache.budget
+    finally:
+        cache.budget = budget
+
+
 # ---- tool calls --------------------------------------------------------------------------------------
 def test_tool_call_round_trip_with_a_scripted_model_reply(server, client):
     tok = server.engine.tokenizer

@@ -124,7 +124,7 @@ async def _start(state: ServerState, request: Request, parse):
     if req.model is not None and req.model != state.model_name:
         raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {state.model_name!r}",
                        "model", code="model_not_found")
-    prompt = state.builder.build(req)
+    prompt = await asyncio.to_thread(state.builder.build, req)  # long prompts take a while to tokenize
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 

@@ -43,8 +43,9 @@ class Job:
 
 
 class GenerationRunner:
-    def __init__(self, engine, cache: ConversationCache, generate: Callable | None = None):
+    def __init__(self, engine, cache: ConversationCache, generate: Callable | None = None, tokenizer_lock=None):
         self.engine = engine
+        self.lock = tokenizer_lock or threading.Lock()
         self.tokenizer = engine.tokenizer
         self.cache = cache
         self.generate = generate or engine.generate  # tests put a scripted double here
@@ -115,7 +116,9 @@ class GenerationRunner:
                     if pending_force and token == self.end_think_id:
                         ended_think = True
                         break
-                    if send(decoder.feed(token)):
+                    with self.lock:
+                        text = decoder.feed(token)
+                    if send(text):
                         finish = "stop"
                         break
                     if job.cancelled.is_set():
@@ -128,8 +131,9 @@ class GenerationRunner:
             if not ended_think:
                 break
             # tool_choice asked for a call: write its start right after the reasoning, then go on.
-            send(decoder.finish())
-            forced = self.tokenizer.encode(END_THINK + pending_force)
+            with self.lock:
+                send(decoder.finish())
+                forced = self.tokenizer.encode(END_THINK + pending_force)
             send(END_THINK + pending_force)
             feed, pending_force = forced, ""
             usage.fed_tokens += len(forced)
@@ -137,7 +141,9 @@ class GenerationRunner:
             if room <= 0:
                 break
         if finish != "cancelled":
-            if not send(decoder.finish()):
+            with self.lock:
+                tail = decoder.finish()
+            if not send(tail):
                 out(parser.feed(stops.finish()))
             out(parser.finish())
         if called and finish == "stop":

@@ -7,6 +7,7 @@ thinking, instruct without), then the server's command-line flags, then the requ
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ..chat.prompt_cache import common_prefix, next_divergence
@@ -44,10 +45,15 @@ class Prompt:
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, context: int, defaults: ServeDefaults):
+    def __init__(self, tokenizer, context: int, defaults: ServeDefaults, lock=None):
         self.tokenizer, self.context, self.defaults = tokenizer, context, defaults
+        self.lock = lock or threading.Lock()
 
     def build(self, req: GenerationRequest) -> Prompt:
+        with self.lock:
+            return self._build(req)
+
+    def _build(self, req: GenerationRequest) -> Prompt:
         think = self.defaults.think if req.think is None else req.think
         params = self._sampling(req, think)
         if req.kind == "completion":

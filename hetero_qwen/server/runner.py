@@ -8,6 +8,7 @@ the socket itself (so a taken port is one clear error line, and port 0 picks a f
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 import uvicorn
@@ -26,9 +27,10 @@ def build_state(engine, model_name: str, defaults: ServeDefaults | None = None, 
                 max_waiting: int = DEFAULT_MAX_WAITING, max_body: int = DEFAULT_MAX_BODY,
                 prompt_cache_bytes: int = 4 * 2**30, generate: Callable | None = None) -> ServerState:
     cache = ConversationCache(engine.session(), prompt_cache_bytes)
-    runner = GenerationRunner(engine, cache, generate=generate)
+    tokenizer_lock = threading.Lock()  # requests tokenize on their threads while the worker decodes
+    runner = GenerationRunner(engine, cache, generate=generate, tokenizer_lock=tokenizer_lock)
     worker = Worker(runner.run, max_waiting)
-    builder = PromptBuilder(engine.tokenizer, engine.context, defaults or ServeDefaults())
+    builder = PromptBuilder(engine.tokenizer, engine.context, defaults or ServeDefaults(), tokenizer_lock)
     return ServerState(model_name, engine.context, builder, runner, worker, api_key or None, max_body)
 
 
