@@ -13,7 +13,7 @@ import typer
 
 from .errors import HeteroQwenError
 
-COMMAND_MODULES = ("run", "chat", "plan", "probe", "tools")  # modules under hetero_qwen.commands, each with register(app)
+COMMAND_MODULES = ("run", "chat", "serve", "plan", "probe", "tools")  # modules under hetero_qwen.commands, each with register(app)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run Qwen3.5/3.6 hybrid models on one GPU plus host RAM.")

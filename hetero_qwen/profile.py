@@ -11,6 +11,7 @@
     hop_latency: 15us                  # one hidden-state copy between GPU and CPU in decode
     prefill:   {chunk: 2048, stream: auto}   # tokens per forward; stream CPU blocks to the GPU: auto|on|off
     workload:  {prompt_tokens: 2048, output_tokens: 512}   # the turn `auto` optimises for
+    server:    {prompt_cache: 4GiB}    # `serve`: host RAM for parked conversations' KV + DeltaNet copies
     overrides:                         # first regex match (re.search on the group name) wins
       - {match: 'layers\\.6[0-3]\\.mlp', home: gpu}
 
@@ -74,6 +75,7 @@ class Profile:
     prefill_stream: str = "auto"
     prompt_tokens: int = 2048
     output_tokens: int = 512
+    server_prompt_cache: int = 4 * 2**30  # `serve` keeps recent conversations' caches within this
     overrides: tuple[Override, ...] = ()
     source: str = "<defaults>"
 
@@ -149,6 +151,7 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "prefill.stream": ("prefill_stream", _choice(STREAM_MODES), " | ".join(STREAM_MODES)),
     "workload.prompt_tokens": ("prompt_tokens", _pos_int, "a positive number of tokens"),
     "workload.output_tokens": ("output_tokens", _pos_int, "a positive number of tokens"),
+    "server.prompt_cache": ("server_prompt_cache", parse_size, "a size, e.g. 4GiB (0 keeps only the live one)"),
 }
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"overrides"})
 

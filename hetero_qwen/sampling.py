@@ -41,9 +41,10 @@ class SamplingParams:
         return asdict(self)
 
 
-# The model card's recommended settings (Qwen3.5/3.6).
+# The model card's recommended settings (Qwen3.6): thinking-general has no presence penalty (0.0);
+# only the non-thinking (instruct) mode uses 1.5.
 PRESETS = {
-    "thinking-general": SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5),
+    "thinking-general": SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0),
     "thinking-coding": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0),
     "instruct": SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5),
     "greedy": SamplingParams(),

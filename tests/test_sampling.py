@@ -51,7 +51,7 @@ def test_repetition_penalty_covers_prompt_and_reply():
 
 
 def test_presets_follow_the_model_card():
-    assert PRESETS["thinking-general"] == SamplingParams(temperature=1.0, top_p=0.95, top_k=20, presence_penalty=1.5)
+    assert PRESETS["thinking-general"] == SamplingParams(temperature=1.0, top_p=0.95, top_k=20, presence_penalty=0.0)
     assert PRESETS["thinking-coding"] == SamplingParams(temperature=0.6, top_p=0.95, top_k=20)
     assert PRESETS["instruct"] == SamplingParams(temperature=0.7, top_p=0.8, top_k=20, presence_penalty=1.5)
 

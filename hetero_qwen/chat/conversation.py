@@ -18,15 +18,12 @@ from ..decode import Generation
 from ..errors import InputError
 from ..replies import ends_inside_think, split_reasoning
 from ..sampling import PRESETS, Sampler, SamplingParams
-from .prompt_cache import PromptCache, SyncStats, common_prefix
+from .prompt_cache import PromptCache, SyncStats, next_divergence
 
 if TYPE_CHECKING:
     from ..engine import Engine
 
 THINKING_PRESET, INSTRUCT_PRESET = "thinking-general", "instruct"  # the model card's defaults per mode
-
-# Stand-in reply used to predict how the next turn renders this one (any short word will do).
-_PLACEHOLDER = "x"
 
 
 class ContextFull(InputError):
@@ -201,13 +198,9 @@ class Conversation:
         return message
 
     def _next_divergence(self, messages: list[dict], ids: list[int]) -> int:
-        """Where the next turn's prompt will likely first differ from `ids`: render the history as
-        it will look then (this reply done, another question asked) with stand-in text."""
-        reply = {"role": "assistant", "content": _PLACEHOLDER}
-        if self.settings.think:
-            reply["reasoning_content"] = _PLACEHOLDER
-        later = self.history(messages + [reply, {"role": "user", "content": _PLACEHOLDER}])
-        return common_prefix(ids, self.tokenizer.encode(self.render(later, add_generation_prompt=False)))
+        """Where the next turn's prompt will likely first differ from `ids`."""
+        return next_divergence(lambda m: self.render(m, add_generation_prompt=False), self.tokenizer.encode,
+                               self.history(messages), ids, self.settings.think)
 
 
 def _with_system(system: str | None, messages: list[dict]) -> list[dict]:

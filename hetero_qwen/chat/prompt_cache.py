@@ -6,10 +6,12 @@ KV caches can be cut back to any length, but a DeltaNet recurrent state folds in
 cannot be rewound: it is restored from a snapshot taken earlier at or before the difference.
 
 Snapshot policy: a sync takes snapshots only at the positions its caller marks (where the next
-turn's rendering is expected to diverge) and at the end of the prompt, and after a successful sync
-only those snapshots are kept. Older ones can only help if history before the latest prompt changes
-(/system, /preserve, /load), which is rare and answered by a fresh prefill. A snapshot costs the
-DeltaNet state (~150 MiB on 27B; KV layers only store a length), so a chat holds at most two.
+turn's rendering is expected to diverge; the server also marks the end of the system prompt) and at
+the end of the prompt, and after a successful sync only snapshots at this prompt's marks (taken now
+or by an earlier sync) and at its end are kept. Older ones can only help if history before the
+latest prompt changes (/system, /preserve, /load), which is rare and answered by a fresh prefill. A
+snapshot costs the DeltaNet state (~150 MiB on 27B; KV layers only store a length), so a chat holds
+at most two.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class PromptCache:
         self.snapshots: list[tuple[int, tuple]] = []  # (position, Session.snapshot()), by position
         self.prefilled_total = 0
         self.last = SyncStats()
+        self._t0, self._keep = time.perf_counter(), set()  # the sync in progress (prepare -> record_end)
 
     @property
     def tokens(self) -> list[int]:
@@ -65,7 +68,7 @@ class PromptCache:
         return [pos for pos, _ in self.snapshots]
 
     def snapshot_bytes(self) -> int:
-        return sum(_tensor_bytes(snap) for _, snap in self.snapshots)
+        return sum(tensor_bytes(snap) for _, snap in self.snapshots)
 
     def clear(self) -> None:
         self.session.reset()
@@ -79,28 +82,51 @@ class PromptCache:
         Raises Interrupted (caches consistent, at a chunk boundary) when `should_stop()` turns true.
         """
         ids = list(ids)
+        self.prepare(ids, marks, should_stop)
+        logits = self._feed_to(ids, len(ids), should_stop)
+        self.record_end()
+        return logits
+
+    def prepare(self, ids: Sequence[int], marks: Sequence[int] = (),
+                should_stop: Callable[[], bool] | None = None) -> list[int]:
+        """The first half of a sync, for callers that run the prompt's tail through
+        `Engine.generate` themselves: rewind to the longest reusable prefix of `ids`, feed up to
+        the last mark before the end (snapshotting each mark) and return the ids still to feed
+        (never empty: the last prompt token must be fed to get its logits). Call `record_end()`
+        once the caches hold all of `ids` (at the first generated token)."""
+        ids = list(ids)
         if not ids:
             raise ValueError("sync needs at least one token")
-        t0 = time.perf_counter()
-        # At least the last token must be fed to get its logits.
-        self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))
+        self._t0 = time.perf_counter()
+        self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))  # at least the last is fed
         start = len(self.tokens)
         self.last = SyncStats(reused=start)
-        stops = sorted({m for m in marks if start <= m < len(ids)} | {len(ids)})
-        taken = 0
-        logits = None
-        for stop in stops:
-            while len(self.tokens) < stop:
-                if should_stop is not None and should_stop():
-                    raise Interrupted()  # snapshots taken so far stay usable
-                piece = ids[len(self.tokens):min(stop, len(self.tokens) + self.chunk)]
-                logits = self.feed(piece)
-                self.last.prefilled += len(piece)
-                self.prefilled_total += len(piece)
+        self._keep = {m for m in marks if m < len(ids)}
+        for stop in sorted(m for m in self._keep if m >= start):
+            self._feed_to(ids, stop, should_stop)
             self.snapshots = [s for s in self.snapshots if s[0] < stop] + [(stop, self.session.snapshot())]
-            taken += 1
-        self.snapshots = self.snapshots[-taken:]  # the policy: keep only this prompt's snapshots
-        self.last.seconds = time.perf_counter() - t0
+        return ids[len(self.tokens):]
+
+    def record_end(self, fed: int = 0) -> None:
+        """The caches now hold the whole prompt (`fed` tokens of it went in outside `feed`):
+        snapshot here and keep only this prompt's snapshots (the policy above)."""
+        self.last.prefilled += fed
+        self.prefilled_total += fed
+        end = len(self.tokens)
+        kept = [s for s in self.snapshots if s[0] < end and s[0] in self._keep]
+        self.snapshots = kept + [(end, self.session.snapshot())]
+        self.last.seconds = time.perf_counter() - self._t0
+
+    def _feed_to(self, ids: list[int], stop: int, should_stop: Callable[[], bool] | None) -> torch.Tensor | None:
+        """Feed ids[len(tokens):stop] in chunks; the logits after the last one fed."""
+        logits = None
+        while len(self.tokens) < stop:
+            if should_stop is not None and should_stop():
+                raise Interrupted()  # snapshots taken so far stay usable
+            piece = ids[len(self.tokens):min(stop, len(self.tokens) + self.chunk)]
+            logits = self.feed(piece)
+            self.last.prefilled += len(piece)
+            self.prefilled_total += len(piece)
         return logits
 
     def feed(self, ids: list[int]) -> torch.Tensor:
@@ -123,12 +149,27 @@ class PromptCache:
             self.session.reset()
 
 
-def _tensor_bytes(obj) -> int:
+def next_divergence(render: Callable[[list[dict]], str], encode: Callable[[str], list[int]],
+                    messages: Sequence[dict], ids: Sequence[int], think: bool) -> int:
+    """Where the next turn's prompt will likely first differ from `ids` (the prompt for
+    `messages`): render the history as it will look then (a reply to these messages, another
+    question asked) with stand-in text. `render(messages)` renders without a generation prompt."""
+    reply = {"role": "assistant", "content": _PLACEHOLDER}
+    if think:
+        reply["reasoning_content"] = _PLACEHOLDER
+    later = list(messages) + [reply, {"role": "user", "content": _PLACEHOLDER}]
+    return common_prefix(ids, encode(render(later)))
+
+
+_PLACEHOLDER = "x"  # stand-in reply text (any short word will do)
+
+
+def tensor_bytes(obj) -> int:
     """Bytes held by the tensors inside a snapshot (nested tuples, lists and dataclasses)."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(o) for o in obj)
+        return sum(tensor_bytes(o) for o in obj)
     if hasattr(obj, "__dataclass_fields__"):
-        return sum(_tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+        return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
     return 0
