@@ -8,6 +8,7 @@ and every hop to or from it is counted. So every plan runs, and is checked, in C
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,15 @@ class MemoryTier:
         self.used += nbytes
         self.peak = max(self.peak, self.used)
         self.by_owner[owner] = self.by_owner.get(owner, 0) + nbytes
+
+    @contextmanager
+    def transient(self, nbytes: int, owner: str):
+        """Hold `nbytes` for the duration of a `with` block (an op's temporaries)."""
+        self.alloc(nbytes, owner)
+        try:
+            yield
+        finally:
+            self.free(nbytes, owner)
 
     def free(self, nbytes: int, owner: str) -> None:
         self.used -= nbytes
@@ -136,13 +146,27 @@ def make_devices(gpu_budget: int | None, cpu_budget: int | None, simulate_gpu: b
 
 
 def working_set_hook(devices: Devices):
-    """An op hook charging each GPU op's activations (its input and output) to the GPU budget
-    for the duration of the op: an op that does not fit raises BudgetExceeded naming it."""
+    """An op hook charging each GPU op's activations to the GPU budget: while the op runs, its
+    input plus every temporary it declares (model.scratch.temporary: attention scores, dequantized
+    weight tiles); once it ran, its input and output. An op that does not fit raises
+    BudgetExceeded naming it (and the temporary)."""
+    from ..model.scratch import metered
+
     def hook(op_name: str, dev: Device, x: torch.Tensor, out: torch.Tensor) -> None:
         if dev.name != "gpu":
             return
         n = x.numel() * x.element_size() + out.numel() * out.element_size()
         dev.memory.alloc(n, f"op {op_name}")
         dev.memory.free(n, f"op {op_name}")
+
+    @contextmanager
+    def scope(op_name: str, dev: Device, x: torch.Tensor):
+        if dev.name != "gpu":
+            yield
+            return
+        with dev.memory.transient(x.numel() * x.element_size(), f"op {op_name}"), \
+                metered(lambda n, what: dev.memory.transient(n, f"op {op_name} ({what})"), dev.name):
+            yield
     hook.gpu_only = True  # a no-op for CPU ops: the one-token CPU fast path may skip it
+    hook.scope = scope
     return hook

@@ -19,6 +19,7 @@ from ..executor.devices import Device, Devices
 from .cache import DeltaNetCache, KVCache
 from .layers import rms_norm
 from .rope import Rope
+from .scratch import op_scope
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Qwen35Model:
         t0 = time.perf_counter()
         if streamed:
             self.prefetcher.acquire(slot.name)
-        out = slot.ops[dev.name](h, *args)
+        with op_scope(self.op_hook, slot.name, dev, h):  # charges the op's declared temporaries
+            out = slot.ops[dev.name](h, *args)
         if streamed:
             self.prefetcher.release(slot.name)
         dev.busy_seconds += time.perf_counter() - t0  # issue time on CUDA (asynchronous)
