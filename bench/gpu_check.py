@@ -241,15 +241,17 @@ def speed_cases(args, cap: int) -> list[tuple[str, dict, dict]]:
     plain = {"prompt": args.prefill, "cached": 0}
     long = {"prompt": 3 * args.chunk, "cached": args.long_cache}  # three chunks after a long cache
     ctx_long = args.long_cache + 3 * args.chunk + args.decode + 64
-    return [("ffn-cpu", {**base, "policy": "ffn-cpu"}, plain),
-            ("layers", {**base, "policy": "layers"}, plain),
-            ("auto", {**base, "policy": "auto"}, plain),
-            ("long-prompt", {**base, "policy": "auto", "context": ctx_long}, long),
+    # the rows only a real card can size first (they are what the simulated GPU cannot show), then
+    # the policy comparison
+    return [("long-prompt", {**base, "policy": "auto", "context": ctx_long}, long),
             ("long-prompt-streamed", {**base, "policy": "ffn-cpu", "context": ctx_long, "prefill": stream}, long),
+            ("int8-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int8"}}, plain),
+            ("int4-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int4"}}, plain),
             ("disk-streamed", {**base, "policy": "ffn-cpu", "prefill": stream,
                                "overrides": [{"match": r"layers\.\d+\.mlp", "home": "disk"}]}, plain),
-            ("int8-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int8"}}, plain),
-            ("int4-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int4"}}, plain)]
+            ("ffn-cpu", {**base, "policy": "ffn-cpu"}, plain),
+            ("layers", {**base, "policy": "layers"}, plain),
+            ("auto", {**base, "policy": "auto"}, plain)]
 
 
 def speed(results: dict, args) -> None:

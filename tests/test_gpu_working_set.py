@@ -14,19 +14,8 @@ import hetero_qwen
 from hetero_qwen.executor.devices import BudgetExceeded
 from hetero_qwen.kernels import quant
 from hetero_qwen.model import causal_attention as ca
+from helpers import IDS, profile, rel
 from hf_models import hf_logits
-
-IDS = [(11 * i + 5) % 300 + 1 for i in range(150)]
-BASE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256,
-        "prefill": {"chunk": 64}, "workload": {"prompt_tokens": 128, "output_tokens": 64}}
-
-
-def profile(policy, vram="64MB", **extra):
-    return {**BASE, "gpu": {"vram": vram, "reserve": "0MiB"}, "policy": policy, **extra}
-
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def shrink_gpu(eng, free: int) -> None:

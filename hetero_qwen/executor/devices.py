@@ -8,6 +8,7 @@ and every hop to or from it is counted. So every plan runs, and is checked, in C
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -80,7 +81,37 @@ class Device:
         self.torch = torch.device(torch_device)
         self.simulated = simulated
         self.memory = MemoryTier(name, budget)
-        self.busy_seconds = 0.0
+        self._busy = 0.0
+        self._events: list = []  # (start, end) CUDA events of ops whose time is not summed yet
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds this device spent running ops: host time on the CPU and the simulated GPU, the
+        span between CUDA events around each op on a real GPU (its launches return early)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._busy += sum(s.elapsed_time(e) for s, e in self._events) / 1000
+            self._events = []
+        return self._busy
+
+    @busy_seconds.setter
+    def busy_seconds(self, value: float) -> None:
+        self.busy_seconds  # sums pending events first  # noqa: B018
+        self._busy = value
+
+    @contextmanager
+    def busy(self):
+        """Count the time of the ops issued inside the block as this device's busy time."""
+        if self.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((start, end))
+            return
+        t0 = time.perf_counter()
+        yield
+        self._busy += time.perf_counter() - t0
 
     @property
     def is_cuda(self) -> bool:
@@ -90,16 +121,18 @@ class Device:
         kind = "simulated " if self.simulated else ""
         return f"Device({kind}{self.name} on {self.torch})"
 
-    def place(self, t: torch.Tensor, owner: str, pin: bool = False) -> torch.Tensor:
-        """Charge `t` to this device and return it there (pinned host memory when asked)."""
+    def place(self, t: torch.Tensor, owner: str, pin: bool = False, private: bool = False) -> torch.Tensor:
+        """Charge `t` to this device and return it there (pinned host memory when asked).
+        `private`: the result must not share `t`'s storage (a view of a mapped file about to be
+        released); pinning already copies, so only an unpinned result is cloned."""
         self.memory.alloc(t.numel() * t.element_size(), owner)
         if self.is_cuda:
             return t.to(self.torch)
         if t.device.type != "cpu":
             t = t.cpu()
         if pin and torch.cuda.is_available():
-            return t.pin_memory()
-        return t
+            return t.pin_memory()  # a page-locked copy
+        return t.clone() if private else t
 
 
 class Devices:
@@ -126,6 +159,13 @@ class Devices:
             self.traffic.d2h += n
         self.traffic.hops += 1
         return x.to(dst.torch, non_blocking=False)
+
+    def logits_to_host(self, logits: torch.Tensor, src: Device) -> torch.Tensor:
+        """Logits to the host as fp32, counting the bytes: moved in the compute dtype first, so no
+        fp32 [T, vocab] copy is ever made on the GPU."""
+        if src.name == "gpu":
+            self.traffic.d2h += logits.numel() * logits.element_size()
+        return logits.to("cpu").float()
 
     def tiers(self) -> dict:
         out = {"cpu": self.cpu.memory}

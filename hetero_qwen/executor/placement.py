@@ -131,7 +131,7 @@ def build_placed_model(ckpt: Checkpoint, placements: dict[str, Placement], devic
                     to_arena[local] = pw
             elif pinned:  # resident RAM as planned, page-locked: it will be streamed
                 c = t.to(dtype)
-                out[local] = devices.cpu.place(c.clone() if c.data_ptr() == t.data_ptr() else c, g.name, pin=True)
+                out[local] = devices.cpu.place(c, g.name, pin=True, private=c.data_ptr() == t.data_ptr())
             else:  # resident RAM as planned: charged now, copied to the arena below
                 devices.cpu.memory.alloc(t.numel() * dtype.itemsize, g.name)
                 to_arena[local] = t.to(dtype)
