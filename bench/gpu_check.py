@@ -155,6 +155,39 @@ def equivalence(results: dict, simulate: bool = False, out: str | None = None) -
             run_row(rows, row, body, lambda: out and save(results, out), label="equivalence")
 
 
+def attention_check(results: dict, simulate: bool, out: str | None) -> None:
+    """A later prefill chunk's attention in bf16 at the 27B's head shapes (24 query heads, 4 kv
+    heads, head_dim 256) against fp32 math with an explicit mask: its error, whether flash took it,
+    and the peak bytes it allocated (the dense-mask path it replaces held fp32 [24, T, past+T])."""
+    from hetero_qwen.model.causal_attention import _flash_takes, causal_attention
+    dev = "cpu" if simulate else "cuda"
+    past, T = (192, 64) if simulate else (8192, 512)
+    row = {"case": "attention-later-chunk", "past": past, "chunk": T}
+
+    def body(row):
+        g = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(1, 24, T, 256, generator=g, device=dev).to(torch.bfloat16)
+        k = torch.randn(1, 4, past + T, 256, generator=g, device=dev).to(torch.bfloat16)
+        v = torch.randn(1, 4, past + T, 256, generator=g, device=dev).to(torch.bfloat16)
+        mask = torch.arange(past + T, device=dev)[None, :] <= torch.arange(past, past + T, device=dev)[:, None]
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float().repeat_interleave(6, 1), v.float().repeat_interleave(6, 1), attn_mask=mask)
+        if not simulate:
+            row["flash"] = _flash_takes(q, k, v, True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        got = causal_attention(q, k, v, past, 256 ** -0.5)
+        if not simulate:
+            torch.cuda.synchronize()
+            row["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
+            row["dense_mask_scores_bytes"] = 24 * T * (past + T) * 4
+        row["max_abs_err"] = float((got.float() - ref).abs().max())
+        row["ok"] = row["max_abs_err"] < 2e-2
+    results["attention"] = []
+    run_row(results["attention"], row, body, lambda: out and save(results, out), label="attention")
+
+
 def write_27b_cut(where: Path, layers: int, device: str | None = None, text_overrides: dict | None = None) -> None:
     """Random bf16 weights of the real 27B shapes, `layers` layers (keeps the 3:1 pattern),
     drawn on `device` (default: CUDA when present). `text_overrides` shrinks the shapes (tests)."""
@@ -426,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {"machine": {"gpu": torch.cuda.get_device_name(0), "host": platform.node(),
                                "torch": torch.__version__, "vram_cap": args.vram, "layers": args.layers}}
     try:
+        attention_check(results, args.simulate, args.out)
         if not args.skip_equivalence:
             equivalence(results, simulate=args.simulate, out=args.out)
             print("all equal" if all(r.get("ok") for r in results["equivalence"]) else "MISMATCH", flush=True)
