@@ -63,16 +63,18 @@ class Traffic:
     d2h: int = 0
     hops: int = 0
     streamed: int = 0  # weight bytes copied to the GPU for streamed ops (part of h2d)
+    logits: int = 0    # logits bytes copied from the GPU to the host (not part of d2h: no hop)
 
     def as_dict(self) -> dict:
-        return {"h2d_bytes": self.h2d, "d2h_bytes": self.d2h, "hops": self.hops, "streamed_bytes": self.streamed}
+        return {"h2d_bytes": self.h2d, "d2h_bytes": self.d2h, "hops": self.hops, "streamed_bytes": self.streamed,
+                "logits_d2h_bytes": self.logits}
 
     def snapshot(self) -> "Traffic":
-        return Traffic(self.h2d, self.d2h, self.hops, self.streamed)
+        return Traffic(self.h2d, self.d2h, self.hops, self.streamed, self.logits)
 
     def since(self, before: "Traffic") -> "Traffic":
         return Traffic(self.h2d - before.h2d, self.d2h - before.d2h, self.hops - before.hops,
-                       self.streamed - before.streamed)
+                       self.streamed - before.streamed, self.logits - before.logits)
 
 
 class Device:
@@ -164,7 +166,7 @@ class Devices:
         """Logits to the host as fp32, counting the bytes: moved in the compute dtype first, so no
         fp32 [T, vocab] copy is ever made on the GPU."""
         if src.name == "gpu":
-            self.traffic.d2h += logits.numel() * logits.element_size()
+            self.traffic.logits += logits.numel() * logits.element_size()
         return logits.to("cpu").float()
 
     def tiers(self) -> dict:
