@@ -288,7 +288,6 @@ def speed_cases(args, cap: int) -> list[tuple[str, dict, dict]]:
 
 
 def speed(results: dict, args) -> None:
-    import hetero_qwen
     layers, vram = args.layers, parse_size(args.vram)
     # embed + head (5.1 GB) are fixed; scale the per-layer share of the card with the cut
     cap = int((vram - 5.1e9) * layers / 64 + 5.1e9) if args.scale_vram and not args.simulate else vram
