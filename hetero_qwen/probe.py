@@ -6,6 +6,7 @@ Takes a few seconds; numbers are best-of-N to dodge noise from other processes."
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,37 +71,46 @@ def measure_cpu(threads: int) -> dict:
 
 
 def measure_gpu() -> dict | None:
-    """VRAM, device bandwidth, pinned H2D bandwidth, hop latency and bf16 GEMM rate; None without CUDA."""
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return None
-        dev = torch.device("cuda", 0)
-        free, _total = torch.cuda.mem_get_info(dev)
-
-        def timed(fn, repeats=5) -> float:
-            def run():
-                fn()
-                torch.cuda.synchronize(dev)
-            return _best(run, repeats)
-
-        n = 128 * 2**20
-        src = torch.empty(n, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        bw_gpu = 2 * n / timed(lambda: dst.copy_(src))  # read + write
-        host = torch.empty(n, dtype=torch.uint8).pin_memory()
-        bw_pcie = n / timed(lambda: dst.copy_(host, non_blocking=True))
-        small = torch.empty(5120 * 2, dtype=torch.uint8).pin_memory()
-        small_dev = torch.empty_like(small, device=dev)
-        hop = timed(lambda: (small_dev.copy_(small), small.copy_(small_dev)), 20) / 2
-        m = 4096
-        a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
-        flops = 2 * m**3 / timed(lambda: a @ a)
-        del src, dst, host, small, small_dev, a
-        torch.cuda.empty_cache()
-        return {"vram_free": free, "bw_gpu": bw_gpu, "bw_pcie": bw_pcie, "hop": hop, "gpu_flops": flops}
-    except Exception:  # a broken driver must not stop a CPU-only profile
+    """VRAM, device bandwidth, pinned H2D bandwidth, hop latency and bf16 GEMM rate; None without
+    CUDA. A CUDA error while measuring (a broken driver, too little free memory) is reported in one
+    line and leaves the profile without a gpu section; any other exception is a bug and propagates."""
+    import torch
+    if not torch.cuda.is_available():
         return None
+    try:
+        return _measure_cuda(torch)
+    except RuntimeError as e:  # torch's CUDA errors, OutOfMemoryError included
+        reason = (str(e).strip().splitlines() or [""])[0]
+        print(f"warning: the GPU was not measured ({type(e).__name__}: {reason}); "
+              f"the profile has no gpu section", file=sys.stderr)
+        return None
+
+
+def _measure_cuda(torch) -> dict:
+    dev = torch.device("cuda", 0)
+    free, _total = torch.cuda.mem_get_info(dev)
+
+    def timed(fn, repeats=5) -> float:
+        def run():
+            fn()
+            torch.cuda.synchronize(dev)
+        return _best(run, repeats)
+
+    n = 128 * 2**20
+    src = torch.empty(n, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    bw_gpu = 2 * n / timed(lambda: dst.copy_(src))  # read + write
+    host = torch.empty(n, dtype=torch.uint8).pin_memory()
+    bw_pcie = n / timed(lambda: dst.copy_(host, non_blocking=True))
+    small = torch.empty(5120 * 2, dtype=torch.uint8).pin_memory()
+    small_dev = torch.empty_like(small, device=dev)
+    hop = timed(lambda: (small_dev.copy_(small), small.copy_(small_dev)), 20) / 2
+    m = 4096
+    a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+    flops = 2 * m**3 / timed(lambda: a @ a)
+    del src, dst, host, small, small_dev, a
+    torch.cuda.empty_cache()
+    return {"vram_free": free, "bw_gpu": bw_gpu, "bw_pcie": bw_pcie, "hop": hop, "gpu_flops": flops}
 
 
 def measure() -> dict:
