@@ -1,6 +1,6 @@
 """The cost model: seconds for one item in decode and in prefill, hops, and the stream crossover.
 
-Equations (see placement_policies/COST_MODEL.md). Every op is roofline-bound:
+Equations (see COST_MODEL.md, next to this file). Every op is roofline-bound:
     t = max(bytes_read / bandwidth, flops / flop_rate)
 Decode runs each item on its home device (GPU home -> GPU, RAM or disk home -> CPU): streaming a
 block over PCIe per token costs bytes/B_pcie >= bytes/B_cpu whenever B_cpu >= B_pcie.
