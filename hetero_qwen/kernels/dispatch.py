@@ -29,12 +29,13 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import measured_defaults
 from . import cpp, reference
 from . import numba_kernels as nk
 from .quant import PackedWeight, dequantize_int4, dequantize_int8
 
 BACKENDS = ("cpp", "numba", "torch", "reference")
-PREFILL_BATCH = 8  # batches above this go to torch's compute-bound GEMMs
+PREFILL_BATCH = measured_defaults.PREFILL_BATCH.value  # batches above this go to torch's compute-bound GEMMs
 
 _forced: str | None = None
 _threads: int | None = None
