@@ -88,23 +88,22 @@ def _decode_ops(arena, H: int = 256, I: int = 768, Hk: int = 2, Hv: int = 4, D: 
     x, norm_out, o, g, hidden, y = f32(1, H), f32(1, H), f32(Hv, D), f32(Hv, D), f32(1, I), f32(1, H)
     conv_state, state = f32(1, conv_dim, K - 1), f32(1, Hv, D, D)
     norm = abi.HQ_RMSNORM.bind(rows=1, n=H, ldx=H, w=f32(H), eps=1e-6, out=norm_out)
-    lin_in, lin_out = cpp.bound_linear(w_in), cpp.bound_linear(w_out)
-    proj = torch.empty(1, n_in)
+    proj, out = torch.empty(1, n_in), torch.empty(1, H)
+    lin_in, lin_out = cpp.bind_linear(w_in, B=1, y=proj), cpp.bind_linear(w_out, B=1, y=out)
     step = abi.HQ_DELTANET_STEP.bind(B=1, conv_dim=conv_dim, K=K, S_len=K - 1, conv_w=f32(conv_dim, K),
                                      A_log=f32(Hv), dt_bias=f32(Hv), Hk=Hk, Hv=Hv, Dk=D, Dv=D, out=o.view(1, Hv, D))
     gnorm = abi.HQ_GATED_RMSNORM.bind(rows=Hv, n=D, x=o, w=f32(D), eps=1e-6, out=g)
     ffn = abi.HQ_FFN.bind(fmt=0, gw=gate.data, gm=None, uw=up.data, um=None, dw=down.data, dm=None, H=H, I=I,
                           B=1, h=hidden, y=y)
-    out = torch.empty(1, H)
     splits = [conv_dim, Hv * D, Hv, Hv]
 
     def run():
         norm(x)
-        lin_in(norm_out, 1, proj)
+        lin_in(norm_out)
         qkv, z, b, a = proj.split(splits, dim=1)
         step(qkv, a, b, conv_state, state)
         gnorm(z.view(Hv, D))
-        lin_out(g.view(1, Hv * D), 1, out)
+        lin_out(g.view(1, Hv * D))
         x.add_(out)
         norm(x)
         ffn(norm_out)

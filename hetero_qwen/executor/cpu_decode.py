@@ -64,12 +64,16 @@ class _Linear:
         self.w = k.weight
         self.fresh = fresh_output  # logits leave this module: a new tensor per call
         self.y = torch.empty(1, self.w.out_features)
-        self.hq_linear = cpp.bound_linear(self.w)  # (x, B, y); the weight is checked once
+        # per token: (x), or (x, y) for fresh outputs; the weight and buffers are checked once
+        self.hq_linear = cpp.bind_linear(self.w, B=1) if fresh_output else cpp.bind_linear(self.w, B=1, y=self.y)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(1, self.w.out_features) if self.fresh else self.y
-        self.hq_linear(x, 1, y)
-        return y
+        if self.fresh:
+            y = torch.empty(1, self.w.out_features)
+            self.hq_linear(x, y)
+            return y
+        self.hq_linear(x)
+        return self.y
 
 
 class _Norm:

@@ -241,8 +241,21 @@ class BoundKernel:
                 a[k.names[i]] = cargs[i] = args[j]
             k.check_requires(a)
         for j, i, p, want in self.free_tensors:
-            cargs[i] = k.pointer(p, args[j], k.want(p, a) if want is KeyError else want)
-        return k.run(cargs)
+            t = args[j]
+            if want is KeyError:
+                want = k.want(p, a)
+            elif want is not None and want[2] is None:  # the common case inline: contiguous, sizes known
+                try:
+                    if t.dtype in want[0] and t.shape == want[1] and t.is_cpu and t.is_contiguous():
+                        cargs[i] = t.data_ptr()
+                        continue
+                except AttributeError:
+                    pass
+            cargs[i] = k.pointer(p, t, want)
+        rc = k.fn(*cargs)
+        if k.rejects and rc != 0:
+            raise KernelArgumentError(f"{k.name} rejected its arguments: {k.rejects}")
+        return rc
 
 
 # ------------------------------------------------------------------------ the entry points

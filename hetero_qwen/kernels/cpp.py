@@ -160,16 +160,21 @@ def tune(key: str, value: int = -1) -> int:
     return int(abi.HQ_TUNE(TUNE_KEYS[key], int(value)))
 
 
+def bind_linear(w: PackedWeight, **more) -> abi.BoundKernel:
+    """hq_linear with weight w (and `more`, e.g. B=1, y=buffer) bound and checked once."""
+    if w.fmt not in FMT_CODE:
+        raise abi.KernelArgumentError(f"hq_linear: w: C++ kernels support bf16, int8, int4, not {w.fmt!r}")
+    return abi.HQ_LINEAR.bind(fmt=FMT_CODE[w.fmt], w=w.data, meta=w.meta, n_out=w.out_features,
+                              n_in=w.in_features, **more)
+
+
 def bound_linear(w: PackedWeight) -> abi.BoundKernel:
-    """hq_linear with this weight bound (checked once), cached on the weight: call it with
-    (x [B, in], B, y [B, out]). Replacing or reallocating w.data / w.meta binds again."""
+    """hq_linear with this weight bound, cached on the weight: call it with (x [B, in], B,
+    y [B, out]). Replacing or reallocating w.data / w.meta binds (and checks) again."""
     key = (id(w.data), id(w.meta), w.data.data_ptr(), w.fmt)
     c = getattr(w, "_hq_linear", None)
     if c is None or c[0] != key:
-        if w.fmt not in FMT_CODE:
-            raise abi.KernelArgumentError(f"hq_linear: w: C++ kernels support bf16, int8, int4, not {w.fmt!r}")
-        c = (key, abi.HQ_LINEAR.bind(fmt=FMT_CODE[w.fmt], w=w.data, meta=w.meta,
-                                     n_out=w.out_features, n_in=w.in_features))
+        c = (key, bind_linear(w))
         w._hq_linear = c
     return c[1]
 
