@@ -177,7 +177,6 @@ class Checkpoint:
         (packed weights of a quantized checkpoint: with the byte size their format implies)."""
         packed = {}
         if self.cfg.hetero_format:
-            from .quantized_checkpoint import load_packed, quantized_names
             packed = dict(quantized_names(self.cfg))
         for group in self.cfg.weight_groups():
             for local, shape in group.matrices + group.vectors:
@@ -210,3 +209,33 @@ def dequantize_fp8(w: torch.Tensor, scale_inv: torch.Tensor, block: int = 128) -
     R, C = w.shape
     s = scale_inv.float().repeat_interleave(block, 0)[:R].repeat_interleave(block, 1)[:, :C]
     return (w.float() * s).to(torch.bfloat16)
+
+
+# ---- reading a pre-quantized checkpoint (written by quantized_checkpoint.py)
+META_SUFFIX = ".hq_meta"  # a packed weight's scales/offsets are stored under `<name>.hq_meta`
+QUANTIZED_KINDS = ("ffn", "deltanet", "attention", "head")
+
+
+def quantized_names(cfg: ModelConfig) -> list[tuple[str, tuple[int, int]]]:
+    """(full name, [out, in]) of every matrix a quantized checkpoint stores packed."""
+    out = []
+    for g in cfg.weight_groups():
+        if g.kind in QUANTIZED_KINDS:
+            out += [(tensor_name(g.name, g.kind, local, cfg), shape) for local, shape in g.matrices]
+    return out
+
+
+def load_packed(ckpt: Checkpoint, name: str, shape: tuple[int, int]):
+    """The PackedWeight stored for `name` in a quantized checkpoint (zero-copy views of the file)."""
+    from .formats import matrix_bytes
+    from .kernels.quant import PackedWeight
+    fmt = ckpt.cfg.hetero_format
+    meta_name = name + META_SUFFIX
+    if meta_name not in ckpt:
+        raise CheckpointError(f"{ckpt.path}: {name} has no {meta_name} (config.json says {fmt})")
+    data, meta = ckpt.raw(name), ckpt.raw(meta_name)
+    pw = PackedWeight(fmt, data, meta, shape[0], shape[1])
+    if pw.nbytes != matrix_bytes(shape[0], shape[1], fmt):
+        raise CheckpointError(f"{ckpt.path}: {name} holds {pw.nbytes} bytes, {fmt} {list(shape)} needs "
+                              f"{matrix_bytes(shape[0], shape[1], fmt)}")
+    return pw

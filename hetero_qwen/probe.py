@@ -117,6 +117,10 @@ def measure() -> dict:
     import psutil
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     out = {"threads": threads, **measure_cpu(threads)}
+    from .kernel_probe import measure_kernels
+    from .kernels.dispatch import set_threads
+    set_threads(threads)
+    out.update(measure_kernels(out["bw_cpu"]) or {})
     gpu = measure_gpu()
     if gpu:
         out.update(gpu)
@@ -142,6 +146,7 @@ def profile_yaml(m: dict) -> str:
               f"  threads: {m['threads']}   # physical cores",
               f"  reserve: {fmt_size_yaml(cpu_reserve)}",
               f"  flops: {fmt_flops(m['cpu_flops'])}   # fp32 1024^3 GEMM",
+              *_kernel_lines(m),
               "context: 32768",
               "policy: auto",
               "weights: {gpu_dtype: bf16, cpu_dtype: bf16}   # cpu_dtype int8 | int4 halves/quarters RAM reads",
@@ -154,6 +159,15 @@ def profile_yaml(m: dict) -> str:
     if "hop" in m:
         lines += [f"hop_latency: {max(m['hop'] * 1e6, 1):.0f}us   # one hidden-state copy each way"]
     return "\n".join(lines) + "\n"
+
+
+def _kernel_lines(m: dict) -> list[str]:
+    """cpu.efficiency / cpu.op_overhead lines from kernel_probe's measurements, when it ran."""
+    if "cpu_efficiency" not in m:
+        return ["  # C++ kernels not built: efficiency and op_overhead keep the defaults of measured_defaults.py"]
+    shares = ", ".join(f"{f}: {min(max(s, 0.05), 1.5):.2f}" for f, s in m["cpu_efficiency"].items())
+    return [f"  efficiency: {{{shares}}}   # cold batch-1 GEMV GB/s over bandwidth.cpu, per format",
+            f"  op_overhead: {max(m['cpu_op_overhead'] * 1e6, 1):.0f}us   # per CPU decode op beyond its bytes"]
 
 
 def write_profile(path: Path, text: str) -> None:
