@@ -183,7 +183,11 @@ class Int4Linear:
         if self.k_pad != self.in_features:
             x2 = F.pad(x2, (0, self.k_pad - self.in_features))
         if self.use_kernel and (self.plain is None or x2.shape[0] <= self.crossover):
-            y = _int4_mm(x2.contiguous(), self.packed, self.group, self._sz(x2.dtype))
+            if x2.device.type == "cuda" and x2.dtype != torch.bfloat16:  # tinygemm on CUDA is bf16 only
+                y = _int4_mm(x2.to(torch.bfloat16).contiguous(), self.packed, self.group,
+                             self.scales_and_zeros).to(x2.dtype)
+            else:
+                y = _int4_mm(x2.contiguous(), self.packed, self.group, self._sz(x2.dtype))
         else:
             y = _tiled_matmul(x2, self.n_pad, lambda r0, r1: self.dequantize(r0, r1, x2.dtype))
         return y[:, : self.out_features].reshape(*lead, self.out_features)
