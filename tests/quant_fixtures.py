@@ -22,7 +22,7 @@ from hetero_qwen.quant_formats.awq import pack_awq
 from hetero_qwen.quant_formats.gptq import pack_gptq
 
 INDEX = "model.safetensors.index.json"
-KEEP_FLOAT = ("in_proj_a.", "in_proj_b.", "embed_tokens.", "lm_head.")
+KEEP_FLOAT = ("in_proj_a.", "in_proj_b.", "embed_tokens.", "lm_head.", "visual.", "mtp.")
 
 
 def quantizable(name: str, t: torch.Tensor) -> bool:

@@ -294,3 +294,18 @@ def test_quantize_from_a_community_checkpoint_keeps_its_integers_where_exact(fix
     # checkpoints (tests/test_quantized.py: >= 70% on this near-tie random model)
     agree = (eng.logits(IDS).argmax(-1) == hf_logits(hf, IDS).argmax(-1)).float().mean()
     assert agree >= 0.7, float(agree)
+
+
+def test_a_multimodal_gptq_checkpoint_loads_with_its_vision_tower_kept(hf_cond, tmp_path):
+    """The published checkpoints use the Qwen3_5ForConditionalGeneration layout
+    (model.language_model.*) and keep the vision tower in 16 bits."""
+    hf, src = hf_cond
+    dst = tmp_path / "cond-gptq"
+    known = qf.write_gptq(src, dst, group=32, sym=True)
+    assert any(n.startswith("model.language_model.") for n in known)
+    ckpt = Checkpoint(dst, load_config(dst))
+    assert ckpt.facts["has_vision"] and not ckpt.facts["has_mtp"]
+    ref_model = make_hf_model("cond", seed=1)
+    ref_model.load_state_dict({**ref_model.state_dict(), **known})
+    eng = hetero_qwen.load(dst, profile={"cpu": {"ram": "2GiB", "threads": 2}}, dtype="fp32", quiet=True)
+    assert rel_err(eng.logits(IDS), hf_logits(ref_model, IDS)) < 1e-4

@@ -37,7 +37,8 @@ def checkpoint_info(model: Path) -> dict:
 
 
 def info(as_json: bool = typer.Option(False, "--json"),
-         model: Optional[Path] = typer.Option(None, "--model", help="Also name this checkpoint's weight format")) -> None:
+         model: Optional[Path] = typer.Option(None, "--model",
+                                              help="Also name this checkpoint's weight format")) -> None:
     """Versions, CPU kernel backend and ISA, threads, CUDA devices; with --model, its weight format."""
     import torch
 
