@@ -23,7 +23,7 @@ class QuantFormatError(CheckpointError):
 
 @dataclass(frozen=True)
 class FormatInfo:
-    name: str                  # "gptq" | "awq" | "compressed-tensors" | "fp8" | "none"
+    name: str                  # "gptq" | "awq" | "compressed-tensors" | "fp8" | "hetero-qwen" | "none"
     bits: int | None = None    # 4 for the int formats, 8 for fp8
     group_size: int | None = None  # inputs per group; -1 = one group per row (per channel)
     sym: bool | None = None
@@ -36,6 +36,8 @@ class FormatInfo:
             return "none (float weights)"
         if self.name == "fp8":
             return "fp8 e4m3, 128x128 block scales"
+        if self.name == "hetero-qwen":
+            return f"hetero-qwen {self.packing} (written by `hetero-qwen quantize`)"
         g = "per channel" if self.group_size in (-1, None) else f"group {self.group_size}"
         bits = f"int{self.bits}"
         s = "symmetric" if self.sym else "asymmetric"
