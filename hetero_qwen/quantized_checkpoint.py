@@ -79,7 +79,7 @@ def write_checkpoint_atomically(dst: Path, fill: Callable[[Path], None]) -> Path
 
 def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
                         progress: Callable[[Iterable], Iterable] = lambda it: it) -> Path:
-    from .kernels.quant import PackedWeight
+    from .quant_formats.convert import packed_weight, tensor_names
     if fmt not in ("int8", "int4"):
         raise InputError(f"--dtype must be int8 or int4, got {fmt!r}")
     src = Path(src)
@@ -93,13 +93,12 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
 
     def fill(tmp: Path) -> None:
         w = ShardWriter(tmp)
-        for name in progress(sorted(ckpt.names())):
+        for name, raw_name in progress(tensor_names(ckpt)):  # GPTQ/AWQ/... parts: once, as X.weight
             if name.endswith("_scale_inv") and name[: -len("_scale_inv")] in ckpt:
                 continue  # FP8 scales: folded in by ckpt.get below
             t = ckpt.get(name)
-            raw_name = ckpt.raw_names[name]
             if name in packed:
-                pw = PackedWeight.from_float(t.float(), fmt)
+                pw = packed_weight(ckpt, name, t, fmt)
                 w.add(raw_name, pw.data)
                 w.add(raw_name + META_SUFFIX, pw.meta)
             else:
