@@ -4,14 +4,13 @@
 import pytest
 import torch
 
+from helpers import rel_err
 from hetero_qwen.kernels import gpu_linear as gl
 from hetero_qwen.kernels.gpu_linear import Fp8BlockLinear, Int4Linear, Int8Linear
 
 SHAPES = [(45, 100), (16, 128), (300, 260), (33, 513)]
 
 
-def rel(a, b):
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
 def ops(w):
@@ -30,12 +29,12 @@ def test_every_format_equals_its_reference_at_odd_shapes_and_batches(shape):
     for name, op in ops(w):
         for b in range(1, 6):
             x = torch.randn(b, shape[1])
-            assert rel(op(x), op.reference(x)) < 1e-5, (name, b)
+            assert rel_err(op(x), op.reference(x)) < 1e-5, (name, b)
         x3 = torch.randn(2, 3, shape[1])  # leading dims kept
         assert op(x3).shape == (2, 3, shape[0])
         xb = x3.to(torch.bfloat16)  # the GPU compute dtype: bf16 rounding of the output only
         y = op(xb)
-        assert y.dtype == torch.bfloat16 and rel(y, op.reference(xb)) < 2e-2, name
+        assert y.dtype == torch.bfloat16 and rel_err(y, op.reference(xb)) < 2e-2, name
 
 
 @pytest.mark.parametrize("group", gl.INT4_GPU_GROUPS)
@@ -60,7 +59,7 @@ def test_int4_prefill_tiles_equal_the_kernel():
     a = Int4Linear.from_float(w, 64)
     b = Int4Linear.from_float(w, 64, prefill_plain=True, crossover=4)
     x = torch.randn(9, 256)  # above b's crossover: dequantized row tiles + matmul
-    assert rel(a(x), b(x)) < 1e-5
+    assert rel_err(a(x), b(x)) < 1e-5
     assert b.nbytes > a.nbytes  # the plain copy costs bytes, hence opt-in
 
 
@@ -74,8 +73,8 @@ def test_int4_input_permutation_is_applied():
     x = torch.randn(3, 128)
     wq = (q.float() - 8) * s.bfloat16().float().repeat_interleave(64, 1) + \
         ((8 - z) * s).bfloat16().float().repeat_interleave(64, 1)  # rows in permuted input order
-    assert rel(op(x), x[:, perm] @ wq.t()) < 1e-5
-    assert rel(op.reference(x), x[:, perm] @ wq.t()) < 1e-5
+    assert rel_err(op(x), x[:, perm] @ wq.t()) < 1e-5
+    assert rel_err(op.reference(x), x[:, perm] @ wq.t()) < 1e-5
 
 
 def test_without_the_int4_kernel_it_dequantizes_and_says_so_once(monkeypatch, capsys):
@@ -92,7 +91,7 @@ def test_without_the_int4_kernel_it_dequantizes_and_says_so_once(monkeypatch, ca
     assert all(not op.use_kernel and op.packed is None and op.plain is not None for op in ops)
     for b in (1, 5):
         x = torch.randn(b, 200)
-        assert rel(ops[0](x), with_kernel(x)) < 1e-5
+        assert rel_err(ops[0](x), with_kernel(x)) < 1e-5
     err = capsys.readouterr().err
     assert err.count("no tinygemm kernel") == 1 and "not compiled" in err
 
@@ -111,4 +110,4 @@ def test_fp8_from_checkpoint_tensors_matches_the_loader_dequantization():
     src = Fp8BlockLinear.from_float(w)
     op = Fp8BlockLinear.from_fp8(src.w8, src.scale_inv)
     assert torch.equal(op.reference_weight().bfloat16(), dequantize_fp8(src.w8, src.scale_inv))
-    assert rel(op.reference_weight(), w) < 0.07
+    assert rel_err(op.reference_weight(), w) < 0.07

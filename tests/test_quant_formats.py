@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import hetero_qwen
 import quant_fixtures as qf
-from conftest import run_cli
+from helpers import rel_err, run_cli
 from hetero_qwen.checkpoint import Checkpoint
 from hetero_qwen.config import load_config
 from hetero_qwen.errors import HeteroQwenError
@@ -40,8 +40,6 @@ def fixtures(hf_causal, tmp_path_factory):
     return {name: (root / name, fn(src, root / name, **kw)) for name, (fn, kw) in VARIANTS.items()}
 
 
-def rel_err(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 # ------------------------------------------------------------------ packers vs published loops
