@@ -48,7 +48,7 @@ def run(root: Path, bin_dir: Path, *args: str, **env: str) -> subprocess.Complet
 
 def stamp_key(root: Path, cxx: bool) -> str:
     """The key `./run` writes after a finished set-up (same inputs, same order)."""
-    h = hashlib.sha256(f"root={root}\ncxx={'yes' if cxx else ''}\n".encode())
+    h = hashlib.sha256(f"root={root.resolve()} cxx={'yes' if cxx else ''}".encode())
     for name in ("pyproject.toml", "setup.py", "constraints.txt"):
         h.update((root / name).read_bytes())
     for p in sorted((root / "csrc").iterdir()):
