@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("bash", "dirname", "cat", "sed", "date", "rm", "touch", "grep", "tee", "tr", "tail")
+TOOLS = ("bash", "dirname", "cat", "sed", "date", "rm", "touch", "grep", "tee", "tr", "tail", "ls")
 
 
 def mini_repo(tmp_path: Path) -> Path:
@@ -83,6 +83,18 @@ def test_no_python_is_one_line(tmp_path):
                       "python3.13 ... python3.10, python); install Python 3.10 or newer, or set "
                       "PYTHON=/path/to/python3.X"]
     assert not (root / ".venv").exists()
+
+
+def test_never_removes_a_directory_that_is_not_a_virtualenv(tmp_path):
+    root = mini_repo(tmp_path)
+    not_a_venv = tmp_path / "mine"
+    not_a_venv.mkdir()
+    (not_a_venv / "notes.txt").write_text("keep me")
+    r = run(root, tool_dir(tmp_path, with_python=True), "chat", HQ_VENV=str(not_a_venv))
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (f"error: step 'environment' failed: {not_a_venv} exists and is "
+                                         "not a virtualenv; move it away or set HQ_VENV to another directory")
+    assert (not_a_venv / "notes.txt").read_text() == "keep me"
 
 
 def test_unreachable_index_is_one_line_and_the_next_run_resumes(tmp_path):
