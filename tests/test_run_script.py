@@ -153,3 +153,10 @@ def test_tests_require_the_cpp_backend_where_a_compiler_is_present(tmp_path, for
             f"error: step 'C++ kernels' failed: {bin_dir / 'c++'} is installed but the tests would run "
             f"on the numba kernels"), r.stderr
     assert "pip was called" not in r.stderr and "[1/5]" not in r.stderr
+
+
+def test_opting_out_of_cpp_is_a_runtime_choice_not_a_reinstall(tmp_path):
+    root, bin_dir = finished_setup(tmp_path, cxx=True)
+    r = run(root, bin_dir, "test", "--version", PYTHONPATH=str(REPO), HETERO_QWEN_NO_CPP="1")
+    assert r.returncode == 0, r.stderr
+    assert "[1/5]" not in r.stderr and "kernels: C++" not in r.stderr and "error" not in r.stderr
