@@ -15,8 +15,10 @@ from typing import Iterator
 import torch
 
 from .config import ModelConfig
-from .errors import InputError
+from .context_limit import context_advice
+from .errors import ContextLimitReached, InputError
 from .model.qwen3_5 import Qwen35Model
+from .numerics import check_finite_logits
 from .sampling import Sampler, SamplingParams
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory at long prompts
@@ -150,7 +152,7 @@ class Engine:
             raise InputError(f"token id {bad} is out of range for vocab size {self.cfg.vocab_size}")
         if already + len(ids) > self.context:
             raise InputError(f"{already + len(ids)} tokens do not fit the context of {self.context} tokens "
-                             f"(shorten the prompt or raise `context` in the profile)")
+                             f"({context_advice(self.context, self.cfg.max_position_embeddings)})")
 
     # ---- public API -----------------------------------------------------------------------
     def session(self) -> Session:
@@ -219,14 +221,15 @@ class Engine:
         logits = session.feed(ids)[-1]
         stats.prefill_seconds = time.perf_counter() - t0
         for n in range(max_new_tokens):
+            check_finite_logits(logits, n, self, session.tokens)  # NaN/inf: stop with where it happened
             token = sampler(logits)
             sampler.accept(token)
             yield token
             if token in stop or n + 1 == max_new_tokens:
                 return
             if len(session.tokens) + 1 > self.context:
-                raise InputError(f"the conversation reached the context limit of {self.context} tokens "
-                                 f"(/reset, or raise `context` in the profile)")
+                raise ContextLimitReached(f"generation reached the context limit of {self.context} tokens "
+                                          f"({context_advice(self.context, self.cfg.max_position_embeddings)})")
             t0 = time.perf_counter()
             logits = session.feed([token])[-1]
             stats.decode_seconds += time.perf_counter() - t0

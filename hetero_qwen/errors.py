@@ -30,3 +30,11 @@ class PlanError(HeteroQwenError):
 
 class InputError(HeteroQwenError):
     """A prompt or argument is out of range (too long for the context, token id out of vocab...)."""
+
+
+class NumericsError(HeteroQwenError):
+    """The model produced NaN or infinite logits (non-finite weights, or an overflow)."""
+
+
+class ContextLimitReached(InputError):
+    """Generation used up the context; `generated` tokens were produced before it stopped."""
