@@ -21,6 +21,7 @@ from .errors import CheckpointError, ConfigError
 from .executor.devices import make_devices, working_set_hook
 from .executor.placement import build_placed_model
 from .profile import Profile, load_profile
+from .profile_checks import checked_profile
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 _probed: Profile | None = None
@@ -127,7 +128,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         prof = prof.replace(cpu_dtype=cfg.hetero_format)
     if dtype == torch.float32:  # float weights are kept in the compute dtype
         prof = prof.replace(gpu_dtype="fp32", cpu_dtype="fp32" if prof.cpu_dtype == "bf16" else prof.cpu_dtype)
-    prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
+    prof = checked_profile(cfg, prof, context, say=lambda m: _say(m, quiet))  # context cap, overrides, threads
     plan = make_plan(cfg, prof, policy=policy, model=str(path))
     devices = make_devices(max(prof.vram - prof.gpu_reserve, 0) if prof.has_gpu else None,
                            max(prof.ram - prof.cpu_reserve, 0), simulate_gpu)

@@ -6,11 +6,9 @@ Takes a few seconds; numbers are best-of-N to dodge noise from other processes."
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from .errors import ProfileError
 from .profile import load_profile
 from .units import fmt_flops, fmt_rate, fmt_size_yaml
 
@@ -146,20 +144,8 @@ def profile_yaml(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_profile(path: Path, text: str) -> None:
-    """Validate, then write atomically: a temp file in the same directory renamed over `path`."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ProfileError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        load_profile(tmp)  # never leave behind a profile we cannot read back
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_profile(path: Path, text: str, force: bool = False) -> None:
+    """Validate, then write atomically (a temp file beside `path` renamed over it); an existing
+    file only with `force`."""
+    from .safe_write import atomic_write_text
+    atomic_write_text(path, text, force=force, validate=load_profile)  # never write a profile we cannot read back

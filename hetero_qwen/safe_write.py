@@ -40,7 +40,7 @@ def _check_parent(path: Path, create: bool = True) -> Path:
     if parent.exists() and not parent.is_dir():
         raise InputError(f"cannot write {path}: {parent} is not a directory")
     if not create and not parent.exists():
-        raise InputError(f"cannot write {path}: no such directory: {parent}")
+        raise InputError(f"cannot write {path}: directory {parent} does not exist")
     probe = parent
     while not probe.exists():  # the first existing ancestor must be a writable directory
         probe = probe.parent

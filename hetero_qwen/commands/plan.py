@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
             prof = load_profile(yaml.safe_load(profile_yaml(measure())), name="probed profile")
         else:
             prof = load_profile(profile)
-        result = make_plan(cfg, prof, policy=policy, context=context, model=str(model))
+        from ..profile_checks import checked_profile
+        prof = checked_profile(cfg, prof, context, say=lambda m: print(m, file=sys.stderr), clamp_threads=False)
+        result = make_plan(cfg, prof, policy=policy, model=str(model))
         if as_json:
             print(result.to_json())
         else:
