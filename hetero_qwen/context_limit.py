@@ -20,4 +20,4 @@ def context_advice(context: int, max_positions: int) -> str:
     """What the user can do once `context` tokens are used up."""
     if context >= max_positions:
         return f"that is the model's maximum (max_position_embeddings {max_positions}); shorten the prompt"
-    return "shorten the prompt, or raise `context` in the profile (or --context where the command has it)"
+    return "shorten the prompt or raise `context` in the profile"

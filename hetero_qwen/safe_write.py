@@ -34,6 +34,12 @@ def _describe(path: Path) -> str | None:
     return "is not a regular file or directory"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_parent(path: Path, create: bool = True) -> Path:
     """The parent directory of `path` exists (or, with `create`, can be made) and is writable."""
     parent = path.parent
@@ -95,6 +101,7 @@ def atomic_dir(dst: str | os.PathLike, force: bool = False, what: str = "output 
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 -> what a plain mkdir would give
     except OSError as e:
         raise InputError(f"cannot write {dst}: {e.strerror}") from None
     try:
@@ -143,6 +150,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, force: bool = False, f
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         if validate is not None:
             validate(tmp)
         if not force and path.exists():  # appeared while we wrote: still never overwrite
