@@ -87,6 +87,10 @@ def _usage_error(e: Exception) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    bad = next((a for a in (argv if argv is not None else sys.argv[1:]) if "\x00" in a), None)
+    if bad is not None:  # only reachable through main([...]): execve cannot pass a NUL
+        print(f"error: argument {bad!r} contains a NUL byte", file=sys.stderr)
+        return USAGE_EXIT
     try:
         _register_all()
         rv = app(args=argv, standalone_mode=False, prog_name="hetero-qwen")

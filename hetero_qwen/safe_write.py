@@ -68,8 +68,10 @@ def check_dir_target(dst: str | os.PathLike, force: bool = False, what: str = "o
     if why is not None and why != "is a directory":
         raise InputError(f"{dst} {why}; the {what} must be a new directory")
     if why == "is a directory":
-        if dst.resolve() == Path.cwd().resolve() or dst.resolve() == Path.home().resolve():
-            raise InputError(f"{dst} is the current or home directory; the {what} must be a new directory")
+        real = dst.resolve()
+        if any(real == p or real in p.parents for p in (Path.cwd().resolve(), Path.home().resolve())):
+            raise InputError(f"{dst} is the current or home directory or one above them; "
+                             f"the {what} must be a new directory")
         if any(dst.iterdir()) and not force:
             raise InputError(f"{dst} exists and is not empty; choose a new directory"
                              + (f" (or pass {force_hint} to replace it)" if force_hint else ""))

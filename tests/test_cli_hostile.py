@@ -284,23 +284,31 @@ def test_generate_json_stop_reasons(cli, world):
     assert d["stop_reason"] == ("eos" if len(d["ids"]) < 3 else "max_tokens")
 
 
-def test_chat_save_never_overwrites_without_bang(world, tmp_path):
-    """`/save FILE` refuses an existing file; `/save! FILE` replaces it."""
+def test_chat_save_never_overwrites_without_bang(cli, world, tmp_path, monkeypatch):
+    """`/save FILE` refuses an existing file; `/save! FILE` replaces it (chat through a pipe)."""
     target = tmp_path / "chat.json"
     shutil.copy(world / "chat.json", target)
-    lines = ["hello", f"/save {target}", f"/save {tmp_path / 'new.json'}"]
-    r = _subprocess(["chat", "--model", str(world / "tiny"), "--no-think", "-n", "2", "--seed", "1"], world,
-                    input="\n".join(lines) + "\n")
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
+    lines = ["hello", f"/save {target}", f"/save {tmp_path / 'new.json'}", f"/save! {tmp_path / 'new.json'}"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    code, out, err = cli(["chat", "--model", str(world / "tiny"), "--no-think", "-n", "2", "--seed", "1"])
+    assert code == 0, err
+    assert "Traceback" not in out + err
     assert target.read_text() == (world / "chat.json").read_text()
-    assert len(error_lines(r.stderr)) == 1 and "/save!" in error_lines(r.stderr)[0]
+    assert len(error_lines(err)) == 1 and "/save!" in error_lines(err)[0]
+    assert err.count("saved 2 messages") == 2
     assert len(json.loads((tmp_path / "new.json").read_text())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.json", "new.json"]  # no temporaries
 
-    from hetero_qwen.chat.transcript import save_messages
-    save_messages(target, [{"role": "user", "content": "new"}], overwrite=True)  # what /save! calls
-    assert json.loads(target.read_text()) == [{"role": "user", "content": "new"}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.json", "new.json"]
+
+def test_interrupted_generate_in_process_exits_130(cli, world, monkeypatch):
+    """Plain-text generate, Ctrl-C after the first token: what was written stays, one line, 130."""
+    before = snapshot(world)
+    code, out, err = cli(["generate", "--model", "{w}/tiny", "--prompt-ids", "1,2", "-n", "20"],
+                         HETERO_QWEN_SIGNAL_AT="generate-token:INT")
+    assert code == 130, err
+    assert err.splitlines()[-1] == "interrupted" and not error_lines(err)
+    assert len(out.strip()) > 0 and "Traceback" not in out + err
+    assert snapshot(world) == before
 
 
 # ---- subprocesses: the real entry point, FIFOs, signals ----------------------------------------------
@@ -312,12 +320,8 @@ def _subprocess(args, world, input="", **env):
                           text=True, env=full_env, cwd=str(world), timeout=300)
 
 
-def test_console_entry_point_usage_error(world):
-    r = _subprocess([], world)
-    assert_one_error(r.returncode, r.stdout, r.stderr, "no command given")
-
-
 def test_fifo_as_model_does_not_hang(world):
+    """Through the console entry point (`python -m hetero_qwen`): a FIFO is refused, never opened."""
     before = snapshot(world)
     r = _subprocess(["generate", "--model", str(world / "fifo"), "--prompt-ids", "1"], world)
     assert_one_error(r.returncode, r.stdout, r.stderr, "not a directory")
@@ -336,17 +340,13 @@ def test_interrupted_quantize_leaves_nothing(world, tmp_path, sig, code, line):
     assert list(out_parent.iterdir()) == []  # no destination, no hidden temporary
 
 
-@pytest.mark.parametrize("as_json", [False, True])
-def test_interrupted_generate_exits_130(world, as_json):
+def test_interrupted_generate_json_exits_130(world):
     before = snapshot(world)
-    r = _subprocess(["generate", "--model", str(world / "tiny"), "--prompt-ids", "1,2", "-n", "20"]
-                    + (["--json"] if as_json else []), world, HETERO_QWEN_SIGNAL_AT="generate-token:INT")
+    r = _subprocess(["generate", "--model", str(world / "tiny"), "--prompt-ids", "1,2", "-n", "20", "--json"],
+                    world, HETERO_QWEN_SIGNAL_AT="generate-token:INT")
     assert r.returncode == 130, r.stderr
     assert r.stderr.splitlines()[-1] == "interrupted" and not error_lines(r.stderr)
     assert "Traceback" not in r.stdout + r.stderr
-    if as_json:
-        d = json.loads(r.stdout)
-        assert d["stop_reason"] == "interrupted" and len(d["ids"]) == 1  # the token before the signal
-    else:
-        assert len(r.stdout.strip()) > 0
+    d = json.loads(r.stdout)
+    assert d["stop_reason"] == "interrupted" and len(d["ids"]) == 1  # the token before the signal
     assert snapshot(world) == before
