@@ -301,16 +301,25 @@ class _Numbers:
         return float(v)
 
 
+def _rope_number(key: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"config.json: {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
 def _parse_rope(text: dict) -> RopeConfig:
-    rp = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    rp = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    if not isinstance(rp, dict):
+        raise ConfigError(f"config.json: rope_parameters must be a JSON object, got {rp!r}")
+    rp = dict(rp)
     theta = rp.get("rope_theta", text.get("rope_theta", 10_000_000.0))
     prf = rp.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))
     rope_type = rp.get("rope_type", rp.get("type", "default"))
     if rope_type not in ("default", "yarn"):
         raise ConfigError(f"config.json: rope_type {rope_type!r} is not supported (default or yarn)")
     return RopeConfig(
-        theta=float(theta), partial_rotary_factor=float(prf), rope_type=rope_type,
-        factor=float(rp.get("factor", 1.0)),
+        theta=_rope_number("rope_theta", theta), partial_rotary_factor=_rope_number("partial_rotary_factor", prf),
+        rope_type=rope_type, factor=_rope_number("factor", rp.get("factor", 1.0)),
         original_max_position_embeddings=rp.get("original_max_position_embeddings"),
         beta_fast=float(rp.get("beta_fast") or 32.0), beta_slow=float(rp.get("beta_slow") or 1.0),
         attention_factor=rp.get("attention_factor"), mscale=rp.get("mscale"),

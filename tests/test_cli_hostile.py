@@ -123,9 +123,9 @@ def cli(world, monkeypatch, capsys):
     """Run `hetero-qwen ARGS` in-process inside the world; returns (code, stdout, stderr)."""
     monkeypatch.chdir(world)
     monkeypatch.setenv("HETERO_QWEN_HOME", str(world / "home"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
-    def run(args, **env):
+    def run(args, stdin="", **env):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         for k, v in env.items():
             if v is None:
                 monkeypatch.delenv(k, raising=False)
@@ -186,6 +186,7 @@ BAD_INPUTS = {
     "nan-weights-greedy": (GEN + ["--model", "{w}/nan-weights"], "model.layers.2.mlp", {}),
     "nan-weights-sampled": (GEN + ["--model", "{w}/nan-weights", "--temperature", "1", "--seed", "1"],
                             "model.layers.2.mlp", {}),
+    "nan-weights-chat": (["chat", "--model", "{w}/nan-weights", "-n", "2"], "model.layers.2.mlp", {"stdin": "hi\n"}),
     # outputs: never overwrite or delete what is there
     "make-tiny-non-empty-dir": (["make-tiny", "{w}/full-dir"], "not empty", {}),
     "make-tiny-cwd": (["make-tiny", "."], "new directory", {}),
@@ -289,8 +290,8 @@ def test_chat_save_never_overwrites_without_bang(cli, world, tmp_path, monkeypat
     target = tmp_path / "chat.json"
     shutil.copy(world / "chat.json", target)
     lines = ["hello", f"/save {target}", f"/save {tmp_path / 'new.json'}", f"/save! {tmp_path / 'new.json'}"]
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
-    code, out, err = cli(["chat", "--model", str(world / "tiny"), "--no-think", "-n", "2", "--seed", "1"])
+    code, out, err = cli(["chat", "--model", str(world / "tiny"), "--no-think", "-n", "2", "--seed", "1"],
+                         stdin="\n".join(lines) + "\n")
     assert code == 0, err
     assert "Traceback" not in out + err
     assert target.read_text() == (world / "chat.json").read_text()

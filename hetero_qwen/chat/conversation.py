@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
+from ..numerics import check_finite_logits
 from ..replies import ends_inside_think, split_reasoning
 from ..sampling import PRESETS, Sampler, SamplingParams
 from .prompt_cache import PromptCache, SyncStats, common_prefix
@@ -96,6 +97,7 @@ class Turn:
         limit = self.conversation.settings.max_new_tokens
         logits = self.logits
         while True:
+            check_finite_logits(logits, len(self.tokens), self.conversation.engine, cache.tokens)  # NaN/inf: stop
             token = self.sampler(logits)
             self.sampler.accept(token)
             self.tokens.append(token)
