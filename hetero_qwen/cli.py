@@ -114,18 +114,18 @@ def _run(argv: list[str] | None) -> int:
         print("interrupted", file=sys.stderr)
         return INTERRUPT_EXIT
     except BrokenPipeError:  # `hetero-qwen generate ... | head`: the reader left; not our error
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
+        try:  # point fd 1 at /dev/null so the interpreter's final flush does not complain
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
             pass
         return 1
+    except OSError as e:  # a path the user gave that the OS refuses (too long, no permission, ...)
+        if e.filename is None or os.environ.get(DEBUG_ENV):
+            return _internal_error(e)
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return USAGE_EXIT
     except Exception as e:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        detail = str(e).splitlines()[0] if str(e) else ""
-        print(f"error: internal error: {type(e).__name__}{': ' + detail if detail else ''} "
-              f"(a bug; rerun with {DEBUG_ENV}=1 for the traceback and report it)", file=sys.stderr)
-        return INTERNAL_ERROR_EXIT
+        return _internal_error(e)
     # non-standalone typer returns the code of a `typer.Exit(code)` raised in a command, and turns
     # a KeyboardInterrupt outside our command wrapper (argument parsing) into 130
     if isinstance(rv, int) and not isinstance(rv, bool):
@@ -133,6 +133,16 @@ def _run(argv: list[str] | None) -> int:
             print("interrupted", file=sys.stderr)
         return rv
     return 0
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug: one line (the traceback with HETERO_QWEN_DEBUG=1)."""
+    if os.environ.get(DEBUG_ENV):
+        raise e
+    detail = str(e).splitlines()[0] if str(e) else ""
+    print(f"error: internal error: {type(e).__name__}{': ' + detail if detail else ''} "
+          f"(a bug; rerun with {DEBUG_ENV}=1 for the traceback and report it)", file=sys.stderr)
+    return INTERNAL_ERROR_EXIT
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,6 +170,8 @@ BAD_INPUTS = {
     "prompt-ids-underscore": (["generate", "--prompt-ids", "1_000"], "--prompt-ids", {}),
     "prompt-ids-negative": (["generate", "--prompt-ids", "-5"], "--prompt-ids", {}),
     "model-empty": (GEN + ["--model", ""], "--model is empty", {}),
+    "model-name-too-long": (GEN + ["--model", "x" * 300], "too long", {}),
+    "make-tiny-name-too-long": (["make-tiny", "y" * 300], "too long", {}),
     # checkpoints
     "dtype-label-size": (GEN + ["--model", "{w}/dtype-size"], "needs", {}),
     "float-as-int": (GEN + ["--model", "{w}/int-weights"], "float dtype", {}),
