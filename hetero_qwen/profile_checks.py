@@ -3,7 +3,8 @@
 Shared by `plan` and `load` so both follow the same rules: a context beyond the model's positions
 is capped with a note (hetero_qwen.context_limit); an `overrides` entry that matches no weight group
 is an error (a typo would otherwise silently change nothing); `cpu.threads` beyond the CPUs this
-process may use is clamped with a note (ten thousand threads would stall the machine).
+process may use is clamped with a note (ten thousand threads would stall the machine). Notes are
+only printed for values the user set: the defaults are capped and clamped quietly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from .config import ModelConfig
 from .context_limit import effective_context
 from .errors import ProfileError
-from .profile import Profile
+from .profile import DEFAULTS, Profile
 
 
 def usable_cpus() -> int:
@@ -39,12 +40,14 @@ def checked_profile(cfg: ModelConfig, prof: Profile, context: int | None = None,
     clamped to the usable CPUs; each change is reported through `say` in one line."""
     check_overrides(cfg, prof)
     ctx, note = effective_context(context or prof.context, cfg.max_position_embeddings)
-    if note:
+    if note and (context is not None or prof.context != DEFAULTS.context):  # the default is capped quietly
         say(note)
     prof = prof.replace(context=ctx)
     if clamp_threads:
         cpus = usable_cpus()
         if prof.threads > cpus:
-            say(f"note: cpu.threads {prof.threads} is more than the {cpus} CPUs this process may use; using {cpus}")
+            if prof.threads != DEFAULTS.threads:  # said only when the profile asked for that many
+                say(f"note: cpu.threads {prof.threads} is more than the {cpus} CPUs this process may use; "
+                    f"using {cpus}")
             prof = prof.replace(threads=cpus)
     return prof
