@@ -10,6 +10,7 @@ formats (GPTQ, AWQ, compressed-tensors) are read through `hetero_qwen.quant_form
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -47,6 +48,15 @@ def canonical_name(name: str, text_prefix: str) -> str:
     return name
 
 
+def _offsets_and_shape(path: Path, name: str, meta: dict) -> tuple[int, int, tuple[int, ...]]:
+    offsets, shape = meta.get("data_offsets"), meta.get("shape")
+    ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+    if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1] or not ints(shape):
+        raise CheckpointError(f"{path}: corrupt safetensors header entry for {name} "
+                              f"(data_offsets {offsets!r}, shape {shape!r})")
+    return offsets[0], offsets[1], tuple(shape)
+
+
 class _Shard:
     def __init__(self, path: Path):
         self.path = path
@@ -68,17 +78,25 @@ class _Shard:
             raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
         base = 8 + hlen
         self.entries: dict[str, TensorEntry] = {}
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header entry for {name}")
             dtype = SAFETENSORS_DTYPES.get(meta.get("dtype"))
             if dtype is None:
                 raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')}")
-            b, e = meta["data_offsets"]
+            b, e, shape = _offsets_and_shape(path, name, meta)
+            want = math.prod(shape) * dtype.itemsize
+            if e - b != want:
+                raise CheckpointError(f"{path}: tensor {name} spans {e - b} bytes, but {meta['dtype']} "
+                                      f"{list(shape)} needs {want} (corrupt header or wrong dtype label)")
             if base + e > size:
                 raise CheckpointError(f"{path}: truncated: tensor {name} ends at byte {base + e} "
                                       f"but the file has {size} bytes (re-download this shard)")
-            self.entries[name] = TensorEntry(path, dtype, tuple(meta["shape"]), base + b, base + e)
+            self.entries[name] = TensorEntry(path, dtype, shape, base + b, base + e)
 
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         n = entry.end - entry.begin
@@ -121,9 +139,12 @@ class Checkpoint:
         index = self.path / INDEX_FILE
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError):
-                raise CheckpointError(f"{index}: not a valid safetensors index (no weight_map)") from None
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError):
+                raise CheckpointError(f"{index}: not a valid safetensors index (an object with a weight_map)") from None
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(f, str) and f and Path(f).name == f for f in weight_map.values()):
+                raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
             files = sorted({self.path / f for f in weight_map.values()})
             missing = [f.name for f in files if not f.is_file()]
             if missing:
@@ -196,6 +217,11 @@ class Checkpoint:
         packed = {}
         if self.cfg.hetero_format:
             packed = dict(quantized_names(self.cfg))
+        else:
+            meta = next((n for n in self.entries if n.endswith(".hq_meta")), None)
+            if meta is not None:
+                raise CheckpointError(f"{self.path}: holds packed weights ({meta}) but config.json has no "
+                                      f"hetero_qwen_format; restore it (\"int8\" or \"int4\", as quantized)")
         for group in self.cfg.weight_groups():
             for local, shape in group.matrices + group.vectors:
                 name = tensor_name(group.name, group.kind, local, self.cfg)
@@ -209,6 +235,9 @@ class Checkpoint:
                 if tuple(self.shape(name)) != tuple(shape):
                     raise CheckpointError(f"{self.path}: tensor {name} has shape {list(self.shape(name))}, "
                                           f"config.json implies {list(shape)}")
+                if not e.dtype.is_floating_point:
+                    raise CheckpointError(f"{self.path}: tensor {name} is stored as {str(e.dtype).removeprefix('torch.')}"
+                                          f"; weights must be a float dtype (BF16, F16, F32, F8)")
 
 
 def tensor_name(group: str, kind: str, local: str, cfg: ModelConfig) -> str:

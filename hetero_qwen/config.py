@@ -19,6 +19,7 @@ from .formats import FLOAT_BYTES, matrix_bytes
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5", "qwen3_5_text")
 SUPPORTED_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+HETERO_FORMATS = ("int8", "int4")  # `hetero_qwen_format` values written by `hetero-qwen quantize`
 PRESETS = {"qwen3.6-27b": "qwen3.6-27b.json", "qwen3.6-27b-fp8": "qwen3.6-27b-fp8.json"}
 
 FULL = "full_attention"
@@ -201,39 +202,49 @@ class ModelConfig:
             raise ConfigError(f"{source}: architecture {bad[0]} is not supported; "
                               f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         multimodal = "text_config" in raw
+        if multimodal and not isinstance(raw["text_config"], dict):
+            raise ConfigError(f"{source}: text_config must be a JSON object")
         text = dict(raw["text_config"]) if multimodal else dict(raw)
         if multimodal and "Qwen3_5ForCausalLM" in archs:
             multimodal = False
+        num = _Numbers(text, source)
         try:
-            n_layers = int(text["num_hidden_layers"])
-            hidden = int(text["hidden_size"])
-            n_heads = int(text["num_attention_heads"])
+            n_layers = num.int("num_hidden_layers")
+            hidden = num.int("hidden_size")
+            n_heads = num.int("num_attention_heads")
             layer_types = text.get("layer_types")
             if layer_types is None:
-                interval = int(text.get("full_attention_interval", 4))
+                interval = num.int("full_attention_interval", 4)
                 layer_types = [FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers)]
-            if len(layer_types) != n_layers or any(t not in (FULL, LINEAR) for t in layer_types):
+            if (not isinstance(layer_types, list) or len(layer_types) != n_layers
+                    or any(t not in (FULL, LINEAR) for t in layer_types)):
                 raise ConfigError(f"{source}: layer_types must list {n_layers} entries of "
                                   f"'{FULL}' or '{LINEAR}'")
             rope = _parse_rope(text)
             eos = text.get("eos_token_id", raw.get("eos_token_id"))
-            eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+            eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in eos_ids):
+                raise ConfigError(f"{source}: eos_token_id must be a token id or a list of them, got {eos!r}")
+            hetero_format = raw.get("hetero_qwen_format")
+            if hetero_format is not None and hetero_format not in HETERO_FORMATS:
+                raise ConfigError(f"{source}: hetero_qwen_format {hetero_format!r} is not one of "
+                                  f"{', '.join(HETERO_FORMATS)} (written by `hetero-qwen quantize`)")
             cfg = cls(
                 hidden_size=hidden,
-                intermediate_size=int(text["intermediate_size"]),
+                intermediate_size=num.int("intermediate_size"),
                 num_hidden_layers=n_layers,
                 num_attention_heads=n_heads,
-                num_key_value_heads=int(text.get("num_key_value_heads", n_heads)),
-                head_dim=int(text.get("head_dim") or hidden // n_heads),
-                linear_num_key_heads=int(text.get("linear_num_key_heads", 16)),
-                linear_num_value_heads=int(text.get("linear_num_value_heads", 32)),
-                linear_key_head_dim=int(text.get("linear_key_head_dim", 128)),
-                linear_value_head_dim=int(text.get("linear_value_head_dim", 128)),
-                linear_conv_kernel_dim=int(text.get("linear_conv_kernel_dim", 4)),
-                vocab_size=int(text["vocab_size"]),
+                num_key_value_heads=num.int("num_key_value_heads", n_heads),
+                head_dim=num.int("head_dim", hidden // n_heads, falsy_default=True),
+                linear_num_key_heads=num.int("linear_num_key_heads", 16),
+                linear_num_value_heads=num.int("linear_num_value_heads", 32),
+                linear_key_head_dim=num.int("linear_key_head_dim", 128),
+                linear_value_head_dim=num.int("linear_value_head_dim", 128),
+                linear_conv_kernel_dim=num.int("linear_conv_kernel_dim", 4),
+                vocab_size=num.int("vocab_size"),
                 layer_types=tuple(layer_types),
-                rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-                max_position_embeddings=int(text.get("max_position_embeddings", 262144)),
+                rms_norm_eps=num.float("rms_norm_eps", 1e-6),
+                max_position_embeddings=num.int("max_position_embeddings", 262144),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
                 attn_output_gate=bool(text.get("attn_output_gate", True)),
                 rope=rope,
@@ -242,7 +253,7 @@ class ModelConfig:
                 torch_dtype=str(text.get("dtype") or text.get("torch_dtype") or raw.get("dtype") or "bfloat16"),
                 multimodal=multimodal,
                 quantization=raw.get("quantization_config") or text.get("quantization_config"),
-                hetero_format=raw.get("hetero_qwen_format"),
+                hetero_format=hetero_format,
             )
         except KeyError as e:
             raise ConfigError(f"{source}: missing required key {e.args[0]!r}") from None
@@ -268,16 +279,50 @@ class ModelConfig:
                 raise ConfigError(f"{source}: {e}") from None
 
 
+class _Numbers:
+    """Typed reads of config.json values; an error names the key and the value."""
+
+    def __init__(self, text: dict, source: str):
+        self.text, self.source = text, source
+
+    def int(self, key: str, default: int | None = None, falsy_default: bool = False) -> int:
+        v = self.text.get(key)
+        if v is None or (falsy_default and not v):
+            if default is None:
+                raise KeyError(key)
+            return default
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"{self.source}: {key} must be a positive integer, got {v!r}")
+        return v
+
+    def float(self, key: str, default: float) -> float:
+        v = self.text.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{self.source}: {key} must be a positive number, got {v!r}")
+        return float(v)
+
+
+def _rope_number(key: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"config.json: {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
 def _parse_rope(text: dict) -> RopeConfig:
-    rp = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    rp = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    if not isinstance(rp, dict):
+        raise ConfigError(f"config.json: rope_parameters must be a JSON object, got {rp!r}")
+    rp = dict(rp)
     theta = rp.get("rope_theta", text.get("rope_theta", 10_000_000.0))
     prf = rp.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))
     rope_type = rp.get("rope_type", rp.get("type", "default"))
     if rope_type not in ("default", "yarn"):
         raise ConfigError(f"config.json: rope_type {rope_type!r} is not supported (default or yarn)")
     return RopeConfig(
-        theta=float(theta), partial_rotary_factor=float(prf), rope_type=rope_type,
-        factor=float(rp.get("factor", 1.0)),
+        theta=_rope_number("rope_theta", theta), partial_rotary_factor=_rope_number("partial_rotary_factor", prf),
+        rope_type=rope_type, factor=_rope_number("factor", rp.get("factor", 1.0)),
         original_max_position_embeddings=rp.get("original_max_position_embeddings"),
         beta_fast=float(rp.get("beta_fast") or 32.0), beta_slow=float(rp.get("beta_slow") or 1.0),
         attention_factor=rp.get("attention_factor"), mscale=rp.get("mscale"),
@@ -293,16 +338,34 @@ def load_raw_config(path_or_preset: str | Path) -> dict:
     name = str(path_or_preset)
     if name in PRESETS:
         return json.loads(resources.files("hetero_qwen.presets").joinpath(PRESETS[name]).read_text())
+    if not name.strip():
+        raise ConfigError("the model path is empty; give a checkpoint directory or a preset "
+                          f"({', '.join(PRESETS)})")
     p = Path(path_or_preset)
-    cfg_path = p / "config.json" if p.is_dir() else p
     if not p.exists():
         raise ConfigError(f"{p}: no such model directory (or preset: {', '.join(PRESETS)})")
+    if p.is_dir():
+        cfg_path = p / "config.json"
+    elif p.is_file() and p.suffix == ".json":
+        cfg_path = p  # a config.json given directly (plan works from the config alone)
+    elif p.is_file():
+        raise ConfigError(f"{p}: is a file; give the checkpoint directory that holds config.json and the weights")
+    else:  # a FIFO, socket or device: never open it (a FIFO would block)
+        raise ConfigError(f"{p}: not a directory; give the checkpoint directory")
     if not cfg_path.is_file():
-        raise ConfigError(f"{p}: no config.json in this directory")
+        what = "no config.json in this directory" if not cfg_path.exists() else "config.json is not a regular file"
+        raise ConfigError(f"{p}: {what}")
     try:
-        return json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{cfg_path}: not UTF-8 text (byte {e.start}); config.json must be JSON") from None
+    except OSError as e:
+        raise ConfigError(f"{cfg_path}: cannot read ({e.strerror})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: must be a JSON object of settings, not a {type(raw).__name__}")
+    return raw
 
 
 def load_config(path_or_preset: str | Path) -> ModelConfig:

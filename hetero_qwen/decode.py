@@ -19,7 +19,8 @@ class Generation:
     """Tokens sampled after a prompt whose last logits are `logits` [V] (the prompt already fed).
 
     `feed(ids)` runs tokens after the cached ones and returns the last one's logits [V];
-    `cached()` is how many tokens the caches hold; `context` their capacity.
+    `cached()` is how many tokens the caches hold; `context` their capacity; `check_logits(logits,
+    step)` sees every logits row before sampling (the engine stops on NaN/inf there).
     Iterate for token ids. It ends after a stop id (yielded; `finish_reason` "stop"), after
     `max_new_tokens` ("length"), or when the next token would not fit the context ("context");
     a caller that stops iterating leaves "interrupted". The last token yielded is never fed to
@@ -27,8 +28,10 @@ class Generation:
     """
 
     def __init__(self, feed: Callable[[list[int]], torch.Tensor], cached: Callable[[], int], context: int,
-                 logits: torch.Tensor, sampler: Sampler, stop_ids, max_new_tokens: int | None = None):
+                 logits: torch.Tensor, sampler: Sampler, stop_ids, max_new_tokens: int | None = None,
+                 check_logits: Callable[[torch.Tensor, int], None] | None = None):
         self.feed, self.cached, self.context = feed, cached, context
+        self.check_logits = check_logits  # (logits, step) -> raises on NaN/inf (numerics.check_finite_logits)
         self.logits, self.sampler = logits, sampler
         self.stop_ids = frozenset(stop_ids)
         self.max_new_tokens = max_new_tokens
@@ -44,6 +47,8 @@ class Generation:
     def __iter__(self) -> Iterator[int]:
         logits = self.logits
         while True:
+            if self.check_logits is not None:
+                self.check_logits(logits, len(self.tokens))
             token = self.sampler(logits)
             self.sampler.accept(token)
             self.tokens.append(token)

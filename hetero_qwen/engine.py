@@ -16,10 +16,12 @@ from typing import Iterator
 import torch
 
 from .config import ModelConfig
+from .context_limit import context_advice
 from .decode import CONTEXT, Generation
-from .errors import InputError
+from .errors import ContextLimitReached, InputError
 from .executor.runner import Runner
 from .kernels.dispatch import SMALL_BATCH
+from .numerics import check_finite_logits
 from .profile import Profile
 from .sampling import Sampler, SamplingParams
 
@@ -151,7 +153,7 @@ class Engine:
             raise InputError(f"token id {bad} is out of range for vocab size {self.cfg.vocab_size}")
         if already + len(ids) > self.context:
             raise InputError(f"{already + len(ids)} tokens do not fit the context of {self.context} tokens "
-                             f"(shorten the prompt or raise `context` in the profile)")
+                             f"({context_advice(self.context, self.cfg.max_position_embeddings)})")
 
     # ---- public API -----------------------------------------------------------------------
     def session(self) -> Session:
@@ -220,11 +222,12 @@ class Engine:
         logits = session.feed(ids)[-1]
         stats.prefill_seconds = time.perf_counter() - t0
         gen = Generation(lambda t: session.feed(t)[-1], lambda: len(session.tokens), self.context,
-                         logits, sampler, stop, max_new_tokens)
+                         logits, sampler, stop, max_new_tokens,
+                         check_logits=lambda lg, n: check_finite_logits(lg, n, self, session.tokens))
         try:
             yield from gen
         finally:
             stats.decode_tokens, stats.decode_seconds = gen.decode_steps, gen.decode_seconds
         if gen.finish_reason == CONTEXT:
-            raise InputError(f"the conversation reached the context limit of {self.context} tokens "
-                             f"(/reset, or raise `context` in the profile)")
+            raise ContextLimitReached(f"generation reached the context limit of {self.context} tokens "
+                                      f"({context_advice(self.context, self.cfg.max_position_embeddings)})")

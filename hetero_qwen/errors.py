@@ -35,3 +35,11 @@ class InputError(HeteroQwenError):
 class KernelArgumentError(HeteroQwenError, ValueError):
     """A C++ kernel was called with a tensor of the wrong dtype, shape or layout (kernels/abi.py):
     refused before the kernel touches memory. A ValueError too, like torch's own argument checks."""
+
+
+class NumericsError(HeteroQwenError):
+    """The model produced NaN or infinite logits (non-finite weights, or an overflow)."""
+
+
+class ContextLimitReached(InputError):
+    """Generation used up the context; `generated` tokens were produced before it stopped."""

@@ -21,6 +21,7 @@ from .executor.devices import make_devices, working_set_hook
 from . import profile_source
 from .executor.build import build_runner
 from .profile import Profile
+from .profile_checks import checked_profile
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 
@@ -107,7 +108,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         dtype = DTYPES[dtype]
     dtype = dtype or checkpoint_dtype(cfg)
     prof = resolve_profile(profile, quiet)
-    prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
+    prof = checked_profile(cfg, prof, context, say=lambda m: _say(m, quiet))  # context cap, overrides, threads
     plan = make_plan(cfg, prof, policy=policy, model=str(path),
                      compute_dtype="fp32" if dtype == torch.float32 else "bf16")
     devices = make_devices(max(prof.vram - prof.gpu_reserve, 0) if prof.has_gpu else None,

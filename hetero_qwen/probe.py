@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ProfileError
 from .profile import load_profile
 from .units import fmt_flops, fmt_rate, fmt_size_yaml
 
@@ -170,20 +169,8 @@ def _kernel_lines(m: dict) -> list[str]:
             f"  op_overhead: {max(m['cpu_op_overhead'] * 1e6, 1):.0f}us   # per CPU decode op beyond its bytes"]
 
 
-def write_profile(path: Path, text: str) -> None:
-    """Validate, then write atomically: a temp file in the same directory renamed over `path`."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ProfileError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        load_profile(tmp)  # never leave behind a profile we cannot read back
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_profile(path: Path, text: str, force: bool = False) -> None:
+    """Validate, then write atomically (a temp file beside `path` renamed over it); an existing
+    file only with `force`."""
+    from .safe_write import atomic_write_text
+    atomic_write_text(path, text, force=force, validate=load_profile)  # never write a profile we cannot read back

@@ -322,10 +322,14 @@ def load_profile(source: str | Path | dict | None, name: str = "profile") -> Pro
         return _build(flat, overrides, _NoLines(name))
     path = Path(source)
     where = _Where(str(path))
+    if path.exists() and not path.is_file():  # a directory, or a FIFO that would block the read
+        raise ProfileError(f"{path}: not a regular file (a profile is a YAML file)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile file (write one with `hetero-qwen probe --out {path}`)") from None
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {e.start}); a profile is a YAML file") from None
     except OSError as e:
         raise ProfileError(f"{path}: cannot read ({e.strerror})") from None
     flat, overrides = _flatten(_compose(text, where), where)

@@ -10,9 +10,7 @@ group stays a view of the mapped file). Vision and MTP tensors are copied unchan
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,6 +21,8 @@ from safetensors.torch import save_file
 from .checkpoint import INDEX_FILE, META_SUFFIX, Checkpoint, load_packed, quantized_names  # noqa: F401
 from .config import ModelConfig, load_raw_config
 from .errors import CheckpointError, InputError
+from .interrupts import signal_point
+from .safe_write import atomic_dir, check_dir_target
 
 SHARD_BYTES = 2 * 2**30
 COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
@@ -61,20 +61,9 @@ class ShardWriter:
 
 def write_checkpoint_atomically(dst: Path, fill: Callable[[Path], None]) -> Path:
     """Run `fill(tmp_dir)` and move the result to `dst`; nothing half-written is left behind."""
-    dst = Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise InputError(f"{dst} exists and is not empty; choose a new directory")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_dir(dst, what="checkpoint directory", force_hint=None) as tmp:
         fill(tmp)
-        if dst.exists():
-            dst.rmdir()
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+    return Path(dst)
 
 
 def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
@@ -83,6 +72,7 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
     if fmt not in ("int8", "int4"):
         raise InputError(f"--dtype must be int8 or int4, got {fmt!r}")
     src = Path(src)
+    check_dir_target(dst, what="checkpoint directory", force_hint=None)  # before any work
     raw = load_raw_config(src)
     cfg = ModelConfig.from_dict(raw, source=str(src))
     if cfg.hetero_format:
@@ -94,6 +84,7 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
     def fill(tmp: Path) -> None:
         w = ShardWriter(tmp)
         for name, raw_name in progress(tensor_names(ckpt)):  # GPTQ/AWQ/... parts: once, as X.weight
+            signal_point("quantize-tensor")
             if name.endswith("_scale_inv") and name[: -len("_scale_inv")] in ckpt:
                 continue  # FP8 scales: folded in by ckpt.get below
             t = ckpt.get(name)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .config import ModelConfig
+from .errors import InputError
+from .safe_write import atomic_dir
 
 TINY_SEED = 1234
 
@@ -60,41 +60,62 @@ def tiny_weights(cfg: ModelConfig, seed: int = TINY_SEED) -> dict[str, torch.Ten
     return out
 
 
-def write_tiny(dest: str | Path) -> Path:
-    """Write the tiny model to `dest` atomically (a temp dir renamed into place)."""
+def write_tiny(dest: str | Path, force: bool = False) -> Path:
+    """Write the tiny model to `dest`: a new (or empty) directory, or with `force` a replacement for
+    an existing one; built beside it and renamed into place only when complete."""
     from .tiny_tokenizer import TINY_VOCAB_SIZE, tiny_special_token_ids, write_tiny_tokenizer
     dest = Path(dest)
     special = tiny_special_token_ids(TINY_VOCAB_SIZE)
     eos = [special["<|im_end|>"], special["<|endoftext|>"]]
     raw = tiny_config_dict(TINY_VOCAB_SIZE, eos, special["<|endoftext|>"])
     cfg = ModelConfig.from_dict(raw)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=dest.parent))
-    try:
+    with atomic_dir(dest, force=force, what="tiny model directory") as tmp:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(
             {"eos_token_id": eos, "bos_token_id": special["<|endoftext|>"], "do_sample": True,
              "temperature": 1.0, "top_p": 0.95, "top_k": 20}, indent=2) + "\n")
         save_file(tiny_weights(cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_tiny_tokenizer(tmp, TINY_VOCAB_SIZE)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
 def default_tiny_dir() -> Path:
-    base = os.environ.get("HETERO_QWEN_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hetero-qwen")
-    return Path(base) / "tiny-random"
+    """$HETERO_QWEN_HOME/tiny-random, else $XDG_CACHE_HOME/hetero-qwen/..., else ~/.cache/hetero-qwen/...;
+    a variable that points at something other than a directory is one clear error."""
+    for var, base in (("HETERO_QWEN_HOME", ""), ("XDG_CACHE_HOME", "hetero-qwen")):
+        value = os.environ.get(var)
+        if value:
+            _check_cache_base(var, Path(value))
+            return Path(value) / base / "tiny-random" if base else Path(value) / "tiny-random"
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    _check_cache_base("HOME", Path(home))
+    return Path(home) / ".cache" / "hetero-qwen" / "tiny-random"
+
+
+def _check_cache_base(var: str, path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"${var} is {str(path)!r}, and {probe} is not a directory; point {var} at a "
+                         f"directory for the cache (the embedded tiny model is written there)")
 
 
 def ensure_tiny() -> Path:
     """The embedded tiny model's directory, written on first use."""
     d = default_tiny_dir()
-    if not (d / "model.safetensors").is_file() or not (d / "tokenizer.json").is_file():
-        write_tiny(d)
-    return d
+    if _complete(d):
+        return d
+    if d.exists() and (not d.is_dir() or any(d.iterdir())):
+        raise InputError(f"{d} holds something other than a complete tiny model; remove it, or rewrite it "
+                         f"with `hetero-qwen make-tiny --force {d}`")
+    try:
+        return write_tiny(d)
+    except InputError:
+        if _complete(d):  # another process wrote it at the same time
+            return d
+        raise
+
+
+def _complete(d: Path) -> bool:
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()

@@ -15,7 +15,8 @@ commands:
   /preserve on|off   keep earlier replies' reasoning in the prompt (preserve_thinking)
   /system TEXT       set the system prompt (/system alone shows it, /system off removes it)
   /reset             start a new conversation (the system prompt stays)
-  /save FILE         write the conversation as OpenAI-style messages JSON
+  /save FILE         write the conversation as OpenAI-style messages JSON (a new file)
+  /save! FILE        the same, replacing FILE if it exists
   /load FILE         continue a conversation saved with /save
   /stats             tokens, cache, speed and sampling settings
   /help              this text
@@ -35,7 +36,7 @@ class SlashCommands:
         self.out = out
         self.table: dict[str, Callable[[str], bool | None]] = {
             "think": self.think, "preserve": self.preserve, "system": self.system, "reset": self.reset,
-            "save": self.save, "load": self.load, "stats": self.stats, "help": self.help,
+            "save": self.save, "save!": self.save_over, "load": self.load, "stats": self.stats, "help": self.help,
             "exit": self.exit, "quit": self.exit,
         }
 
@@ -77,11 +78,14 @@ class SlashCommands:
         self.conversation.reset()
         self.out.info("new conversation" + (" (system prompt kept)" if self.conversation.settings.system else ""))
 
-    def save(self, arg: str) -> None:
+    def save(self, arg: str, overwrite: bool = False) -> None:
         if not arg:
-            raise InputError("usage: /save FILE")
-        path = save_messages(arg, self.conversation.history())
+            raise InputError("usage: /save FILE (or /save! FILE to replace an existing file)")
+        path = save_messages(arg, self.conversation.history(), overwrite=overwrite)
         self.out.info(f"saved {len(self.conversation.history())} messages to {path}")
+
+    def save_over(self, arg: str) -> None:
+        self.save(arg, overwrite=True)
 
     def load(self, arg: str) -> None:
         if not arg:

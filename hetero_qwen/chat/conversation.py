@@ -16,6 +16,7 @@ import torch
 
 from ..decode import Generation
 from ..errors import InputError
+from ..numerics import check_finite_logits
 from ..replies import ends_inside_think, split_reasoning
 from ..sampling import PRESETS, Sampler, SamplingParams
 from .prompt_cache import PromptCache, SyncStats, next_divergence
@@ -79,8 +80,10 @@ class Turn:
         sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
         sampler.generator = conversation.generator  # one seeded stream for the whole chat
         cache = conversation.cache
-        self.generation = Generation(cache.feed, lambda: len(cache.tokens), conversation.engine.context, logits,
-                                     sampler, stop_ids, conversation.settings.max_new_tokens)
+        engine = conversation.engine
+        self.generation = Generation(cache.feed, lambda: len(cache.tokens), engine.context, logits,
+                                     sampler, stop_ids, conversation.settings.max_new_tokens,
+                                     check_logits=lambda lg, n: check_finite_logits(lg, n, engine, cache.tokens))
 
     @property
     def logits(self) -> torch.Tensor:

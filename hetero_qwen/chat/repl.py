@@ -43,11 +43,12 @@ class StopOnCtrlC:
 
 class ChatApp:
     def __init__(self, conversation: Conversation, *, interactive: bool, color: bool, show_thinking: bool,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr):
+                 out: TextIO | None = None, err: TextIO | None = None):
         self.conversation = conversation
         self.interactive = interactive
         self.color, self.show_thinking = color, show_thinking
-        self.out, self.err = out, err
+        self.out, self.err = out or sys.stdout, err or sys.stderr  # the streams of now, not of import time
+        out, err = self.out, self.err
         self.notes = out if interactive else err  # a pipe's stdout carries replies only
         self.commands = SlashCommands(conversation, self)
 

@@ -3,46 +3,32 @@
 The file is a JSON array of `{"role", "content"}` objects (system first when there is one);
 assistant messages carry `reasoning_content` when the reply had thinking. Loading also accepts an
 object with a "messages" array (an OpenAI request body). Saving writes a temporary file beside the
-target and renames it into place, so an interrupted save never leaves half a file.
+target and renames it into place, so an interrupted save never leaves half a file; an existing
+file is only replaced when asked (`/save! FILE`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..safe_write import atomic_write_text
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def save_messages(path: str | os.PathLike, messages: list[dict]) -> Path:
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise InputError(f"no such directory: {path.parent}")
+def save_messages(path: str | os.PathLike, messages: list[dict], overwrite: bool = False) -> Path:
+    """Write `messages` to a new file (an existing one only with `overwrite`: the chat's /save!)."""
     text = json.dumps(messages, indent=2, ensure_ascii=False) + "\n"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise InputError(f"cannot write {path}: {e.strerror}") from None
-        raise
-    return path
+    return atomic_write_text(path, text, force=overwrite, force_hint="/save! to replace it")
 
 
 def load_messages(path: str | os.PathLike) -> list[dict]:
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -31,7 +31,7 @@ def chat(
     min_p: Optional[float] = MinPOpt,
     presence_penalty: Optional[float] = PresencePenaltyOpt,
     repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed the sampling of the whole chat"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Seed the sampling of the whole chat"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", min=1,
                                                  help="Longest reply (default: until the model ends it)"),
     context: Optional[int] = typer.Option(None, "--context", min=16, help="Context length in tokens"),

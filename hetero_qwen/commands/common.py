@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ..errors import InputError
+
 ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint directory (default: the embedded tiny random model)")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Memory-budget YAML profile (default: probe this machine)")
 # sampling flags shared by `generate` and `chat`; None = the preset's value
@@ -26,7 +28,9 @@ def say(msg: str) -> None:
 
 
 def resolve_model(model: Optional[str]) -> Path:
-    if model:
+    if model is not None:
+        if not model.strip():
+            raise InputError("--model is empty; give a checkpoint directory (or leave --model out for the tiny model)")
         return Path(model)
     from ..tiny import ensure_tiny
     path = ensure_tiny()

@@ -29,8 +29,10 @@ def register(app: typer.Typer) -> None:
             model = DEFAULT_MODEL
             print(f"note: no --model: planning the {DEFAULT_MODEL} preset", file=sys.stderr)
         cfg = load_config(model)
-        prof = resolve_profile(profile)
-        result = make_plan(cfg, prof, policy=policy, context=context, model=str(model))
+        from ..profile_checks import checked_profile
+        prof = checked_profile(cfg, resolve_profile(profile), context, say=lambda m: print(m, file=sys.stderr),
+                               clamp_threads=False)
+        result = make_plan(cfg, prof, policy=policy, model=str(model))
         if as_json:
             print(result.to_json())
         else:

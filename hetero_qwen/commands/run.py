@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..errors import InputError
+from ..errors import ContextLimitReached, InputError
+from ..interrupts import Interrupted, Terminated, signal_point
 from ..sampling import PRESETS
 from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
 def _parse_ids(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise InputError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    """`1,2,3` (spaces after commas allowed) -> [1, 2, 3]; anything else is refused, not guessed."""
+    parts = [t.strip() for t in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", t) for t in parts):
+        raise InputError(f"--prompt-ids must be comma-separated non-negative integers like 1,2,3; got {text!r}")
+    return [int(t) for t in parts]
+
+
+def _stop_reason(out: list[int], max_new_tokens: int, eos_ids) -> str:
+    if out and out[-1] in eos_ids:
+        return "eos"
+    return "max_tokens" if len(out) >= max_new_tokens else "context"
 
 
 def generate(
@@ -37,7 +46,7 @@ def generate(
     min_p: Optional[float] = MinPOpt,
     presence_penalty: Optional[float] = PresencePenaltyOpt,
     repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1),
     dtype: Optional[str] = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text"),
     stats: bool = typer.Option(False, "--stats", help="Print timing statistics to stderr"),
@@ -66,22 +75,35 @@ def generate(
     if not as_json:
         tok = tok or _maybe_tokenizer(engine)
         decoder = tok.stream_decoder() if tok else None
-    for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params):
-        out.append(t)
-        if decoder is not None:
-            sys.stdout.write(decoder.feed(t))
-            sys.stdout.flush()
-        elif not as_json:
-            sys.stdout.write(f"{t} ")
-            sys.stdout.flush()
+    stop_reason, stopped = None, None
+    try:
+        for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params):
+            out.append(t)
+            if decoder is not None:
+                sys.stdout.write(decoder.feed(t))
+                sys.stdout.flush()
+            elif not as_json:
+                sys.stdout.write(f"{t} ")
+                sys.stdout.flush()
+            signal_point("generate-token")
+        stop_reason = _stop_reason(out, max_new_tokens, engine.eos_ids)
+    except ContextLimitReached as e:
+        stop_reason, stopped = "context", e
+    except (KeyboardInterrupt, Interrupted, Terminated) as e:
+        stop_reason, stopped = "interrupted", e
     if as_json:
         tok = tok or _maybe_tokenizer(engine)
         print(json.dumps({"prompt_ids": ids, "ids": out, "text": tok.decode(out) if tok else None,
-                          "stats": engine.stats.as_dict()}))
+                          "stop_reason": stop_reason, "stats": engine.stats.as_dict()}), flush=True)
     else:
         if decoder is not None:
             sys.stdout.write(decoder.finish())
         sys.stdout.write("\n")
+        sys.stdout.flush()
+    if isinstance(stopped, ContextLimitReached):
+        say(f"note: stopped after {len(out)} new tokens: {stopped}")
+    elif stopped is not None:
+        raise stopped
     if stats:
         s = engine.stats
         d = s.as_dict()
@@ -102,10 +124,11 @@ def _maybe_tokenizer(engine):
         return None
 
 
-def make_tiny(dest: Path = typer.Argument(..., help="Directory to write the tiny model into")) -> None:
+def make_tiny(dest: Path = typer.Argument(..., help="New directory to write the tiny model into"),
+              force: bool = typer.Option(False, "--force", help="Replace DEST if it is a non-empty directory")) -> None:
     """Write the deterministic tiny random checkpoint (with tokenizer and chat template)."""
     from ..tiny import write_tiny
-    write_tiny(dest)
+    write_tiny(dest, force=force)
     say(f"wrote tiny random model to {dest}")
 
 
