@@ -235,7 +235,8 @@ class Checkpoint:
                 if tuple(self.shape(name)) != tuple(shape):
                     raise CheckpointError(f"{self.path}: tensor {name} has shape {list(self.shape(name))}, "
                                           f"config.json implies {list(shape)}")
-                if not e.dtype.is_floating_point:
+                e = self.entries.get(name)  # None: a community-quantized weight, dequantized on read
+                if e is not None and not e.dtype.is_floating_point:
                     raise CheckpointError(f"{self.path}: tensor {name} is stored as {str(e.dtype).removeprefix('torch.')}"
                                           f"; weights must be a float dtype (BF16, F16, F32, F8)")
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 # the reading side (names, META_SUFFIX, load_packed) lives in checkpoint.py; re-exported here
 from .checkpoint import INDEX_FILE, META_SUFFIX, Checkpoint, load_packed, quantized_names  # noqa: F401
 from .config import ModelConfig, load_raw_config
-from .errors import CheckpointError, InputError
+from .errors import InputError
 from .interrupts import signal_point
 from .safe_write import atomic_dir, check_dir_target
 

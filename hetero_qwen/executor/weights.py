@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..checkpoint import Checkpoint, tensor_name
 from ..config import WeightGroup
 from ..formats import QUANT_FORMATS
 from ..model.qwen3_5 import PACKED_MODULES
-from ..quantized_checkpoint import META_SUFFIX, load_packed, quantized_names
+from ..checkpoint import META_SUFFIX, Checkpoint, load_packed, quantized_names, tensor_name
 from .devices import Devices, MemoryTier
 from .host_arena import HostArena
 
