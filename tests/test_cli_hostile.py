@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_27B = str(ROOT / "placement_policies" / "profiles" / "gpu24-ram64.yaml")
