@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = typer.Option(None, "--policy", help="auto | layers | ffn-cpu (default: the profile's)"),
         context: Optional[int] = typer.Option(None, "--context", min=1, help="tokens of KV cache (default: the profile's)"),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+        text_only: bool = typer.Option(False, "--text-only", help="plan without the vision tower"),
     ):
         """Plan weight/cache placement for a model and a memory budget; print the report or JSON."""
         import yaml
@@ -38,7 +39,10 @@ def register(app: typer.Typer) -> None:
             prof = load_profile(yaml.safe_load(profile_yaml(measure())), name="probed profile")
         else:
             prof = load_profile(profile)
-        result = make_plan(cfg, prof, policy=policy, context=context, model=str(model))
+        from ..vision_config import load_multimodal_config
+        mm = None if text_only else load_multimodal_config(model)
+        result = make_plan(cfg, prof, policy=policy, context=context, model=str(model),
+                           vision=mm.vision if mm is not None else None)
         if as_json:
             print(result.to_json())
         else:
