@@ -107,7 +107,8 @@ class TierProgress:
 
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
          context: int | None = None, quiet: bool = False, policy: str | None = None,
-         simulate_gpu: bool | None = None, text_only: bool = False) -> Engine:
+         simulate_gpu: bool | None = None, text_only: bool = False,
+         image_max_pixels: int | None = None) -> Engine:
     """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan.
     `text_only` (or the profile's `vision: off`) neither plans nor loads the vision tower."""
     from placement_policies import make_plan
@@ -128,6 +129,8 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     prof = prof.replace(context=min(context or prof.context, cfg.max_position_embeddings))
     if text_only:
         prof = prof.replace(vision=False)
+    if image_max_pixels:  # the tower's working set is planned for the largest image allowed
+        prof = prof.replace(image_max_pixels=image_max_pixels)
     mm = load_multimodal_config(path)
     plan = make_plan(cfg, prof, policy=policy, model=str(path),
                      compute_dtype="fp32" if dtype == torch.float32 else "bf16",
