@@ -43,12 +43,12 @@ class StopOnCtrlC:
 
 class ChatApp:
     def __init__(self, conversation: Conversation, *, interactive: bool, color: bool, show_thinking: bool,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr):
+                 out: TextIO | None = None, err: TextIO | None = None):
         self.conversation = conversation
         self.interactive = interactive
         self.color, self.show_thinking = color, show_thinking
-        self.out, self.err = out, err
-        self.notes = out if interactive else err  # a pipe's stdout carries replies only
+        self.out, self.err = out or sys.stdout, err or sys.stderr  # looked up now, not at import
+        self.notes = self.out if interactive else self.err  # a pipe's stdout carries replies only
         self.commands = SlashCommands(conversation, self)
 
     # ---- output (also the Output protocol of SlashCommands) --------------------------------
