@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import run_cli
+from helpers import run_cli
 
 WAIT = 120  # seconds: loading the tiny model in a fresh interpreter on a busy machine
 
