@@ -139,7 +139,8 @@ class PromptCache:
         """Run `ids` after the cached tokens -> logits [V] of the last one. A failure part-way
         (a second Ctrl-C, out of memory) leaves layers out of step, so the caches are dropped."""
         try:
-            return self.session.feed(ids, images=images)[-1]
+            out = self.session.feed(ids) if images is None else self.session.feed(ids, images=images)
+            return out[-1]
         except BaseException:
             self.clear()
             raise
