@@ -1,6 +1,6 @@
 """CPU kernel benchmark, with COLD weights, against this machine's read bandwidth and torch.
 
-    PYTHONPATH=. python bench/kernels.py [--threads N] [--json] [--reps R] [--int4-groups]
+    PYTHONPATH=. python bench/kernels.py [--threads N] [--json] [--reps R] [--int4-groups] [--call-overhead]
 
 Measures in one run, at one thread count: read bandwidth (torch sum over a 1 GiB fp32 buffer),
 the FFN decode (gate+up fused with SiLU, then down) at the 27B shape (5120 -> 17408 -> 5120,
@@ -222,6 +222,47 @@ def int4_group_table():
     return out
 
 
+def call_overhead(reps: int) -> list[dict]:
+    """Per-call cost of the checked kernel boundary (kernels/abi.py) against a raw ctypes call with
+    pointers (what the fast decode path did before), hot weights, batch 1, the tiny test model's and
+    the mid bench model's shapes: hq_linear [H -> H] and hq_ffn (H, I), bf16. Medians of `reps`
+    interleaved rounds of 200 calls each; ratio = checked / raw."""
+    from hetero_qwen.kernels import abi
+
+    out = []
+    for size, H, I in (("tiny", 64, 256), ("mid", 1024, 3584)):
+        w = PackedWeight.from_float(torch.randn(H, H), "bf16")
+        g, u, d = (PackedWeight.from_float(torch.randn(*s), "bf16") for s in ((I, H), (I, H), (H, I)))
+        x, y, h = torch.randn(1, H), torch.empty(1, H), torch.empty(1, I)
+        lin = abi.HQ_LINEAR.fn
+        bound_lin = cpp.bind_linear(w, B=1, y=y)  # as the fast decode path binds it
+        ffn = abi.HQ_FFN.fn
+        bound_ffn = abi.HQ_FFN.bind(fmt=0, gw=g.data, gm=None, uw=u.data, um=None, dw=d.data, dm=None, H=H, I=I,
+                                    B=1, h=h, y=y)
+        cases = {
+            "linear raw": lambda: lin(0, w.data.data_ptr(), None, H, H, x.data_ptr(), 1, y.data_ptr()),
+            "linear bound": lambda: bound_lin(x),
+            "linear cpp.linear": lambda: cpp.linear(x, w, y),
+            "ffn raw": lambda: ffn(0, g.data.data_ptr(), None, u.data.data_ptr(), None, d.data.data_ptr(), None,
+                                   H, I, x.data_ptr(), 1, h.data_ptr(), y.data_ptr()),
+            "ffn bound": lambda: bound_ffn(x),
+            "ffn cpp.ffn": lambda: cpp.ffn(x, g, u, d, y, h),
+        }
+        times = {k: [] for k in cases}
+        for _ in range(reps):
+            for k, fn in cases.items():
+                fn()
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    fn()
+                times[k].append((time.perf_counter() - t0) / 200 * 1e6)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k, us in med.items():
+            raw = med[k.split()[0] + " raw"]
+            out.append(dict(size=size, call=k, us=round(us, 2), ratio_to_raw=round(us / raw, 3)))
+    return out
+
+
 def machine():
     feats = dispatch.cpu_features()
     return dict(host=socket.gethostname(), cpu=feats["cpu"], cores=feats["cores"], isa=feats["isa"],
@@ -241,7 +282,14 @@ def main(argv=None):
     ap.add_argument("--int4-groups", action="store_true", help="print the int4 group-size table and exit")
     ap.add_argument("--rows", action="store_true",
                     help="only sweep the rows per block of batch-1 GEMVs (1, 2, 4, 8 and the default)")
+    ap.add_argument("--call-overhead", action="store_true",
+                    help="only time the checked kernel boundary against raw ctypes calls (tiny and mid shapes)")
     a = ap.parse_args(argv)
+    if a.call_overhead:
+        dispatch.set_threads(a.threads)
+        for r in call_overhead(a.reps):
+            print(json.dumps(r))
+        return 0
     if a.int4_groups:
         for r in int4_group_table():
             print(json.dumps(r))

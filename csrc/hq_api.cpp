@@ -1,6 +1,7 @@
 // C ABI of the hetero-qwen CPU kernels (loaded with ctypes by hetero_qwen/kernels/cpp.py):
 // runtime ISA choice, a persistent thread pool, activation preparation, and the entry points.
-// All pointers are raw, contiguous, and validated by the Python side; outputs are preallocated.
+// All pointers are raw, contiguous, and validated by the Python side before every call (each entry
+// point is declared once in hetero_qwen/kernels/abi.py); outputs are preallocated.
 #include "hq_api.h"
 
 #include <atomic>
@@ -460,7 +461,29 @@ void attn_task(void* ctx, int) {
 
 extern "C" {
 
-int hq_abi_version() { return 1; }
+int hq_abi_version() { return 2; }
+// Every entry point's argument and return types, exactly as hetero_qwen/kernels/abi.py declares
+// them (i32 int, i64 int64_t, f32 float, ptr a pointer, str const char*): Python refuses a library
+// whose text differs (a stale build), tests/test_kernel_boundary.py checks it against this file.
+const char* hq_abi_signature() {
+    return
+    "hq_abi_version()->i32;"
+    "hq_abi_signature()->str;"
+    "hq_group_size()->i32;"
+    "hq_isa_name()->str;"
+    "hq_isa_supported(i32)->i32;"
+    "hq_isa_int8dot()->i32;"
+    "hq_force_isa(i32)->i32;"
+    "hq_set_threads(i32)->i32;"
+    "hq_get_threads()->i32;"
+    "hq_tune(i32,i64)->i64;"
+    "hq_linear(i32,ptr,ptr,i64,i64,ptr,i32,ptr)->i32;"
+    "hq_ffn(i32,ptr,ptr,ptr,ptr,ptr,ptr,i64,i64,ptr,i32,ptr,ptr)->i32;"
+    "hq_attn_decode(i32,i32,i64,i64,ptr,i64,ptr,ptr,ptr,ptr,f32,ptr,ptr,ptr,ptr,i32,i64,i64,f32,i32,ptr)->i32;"
+    "hq_deltanet_step(i32,i64,i32,i32,ptr,ptr,ptr,ptr,ptr,ptr,ptr,i32,i32,i64,i64,ptr,ptr)->i32;"
+    "hq_rmsnorm(i64,i64,ptr,i64,ptr,f32,ptr)->i32;"
+    "hq_gated_rmsnorm(i64,i64,ptr,ptr,ptr,f32,ptr)->i32";
+}
 int hq_group_size() { return HQ_G; }
 const char* hq_isa_name() { return isa()->name; }
 int hq_isa_supported(int which) { return isa_supported(which); }
@@ -496,14 +519,14 @@ int64_t hq_tune(int key, int64_t value) {
     return old;
 }
 
-// y[B, out] = x[B, in] @ W^T (W in format fmt). Returns 0.
-int hq_linear(int fmt, const void* w, const void* meta, int64_t out, int64_t in, const float* x,
+// y[B, n_out] = x[B, n_in] @ W^T (W in format fmt). Returns 0.
+int hq_linear(int fmt, const void* w, const void* meta, int64_t n_out, int64_t n_in, const float* x,
               int B, float* y) {
     std::lock_guard<std::mutex> lk(g_call_mu);
     Gemv g;
-    prepare(g, fmt, x, B, in, g_prep[0]);
+    prepare(g, fmt, x, B, n_in, g_prep[0]);
     g.w = w; g.meta = meta;
-    run_rows(g, out, y, out);
+    run_rows(g, n_out, y, n_out);
     return 0;
 }
 

@@ -3,7 +3,8 @@
 We parse the safetensors header ourselves and map each shard copy-on-write, so a tensor is a
 zero-copy view of the page cache until someone converts or copies it: peak RSS stays close to
 what the caller keeps resident, and the disk tier can leave weights mapped for good.
-Checkpoint quirks live in `canonical_name` (both name layouts) and `dequantize_fp8`.
+Checkpoint quirks live in `canonical_name` (both name layouts) and `dequantize_fp8`; community int4
+formats (GPTQ, AWQ, compressed-tensors) are read through `hetero_qwen.quant_formats` (`self.quant`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class Checkpoint:
                 name = canonical_name(raw, cfg.text_prefix)
                 self.entries[name] = entry
                 self.raw_names[name] = raw
+        from .quant_formats.hook import attach
+        self.format_info, self.quant, self.facts = attach(self)
 
     def _shard_files(self) -> list[Path]:
         index = self.path / INDEX_FILE
@@ -136,7 +139,12 @@ class Checkpoint:
         return files
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return name in self.entries or (self.quant is not None and name in self.quant)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self.quant is not None and name in self.quant:
+            return self.quant.shape(name)
+        return self.entries[name].shape
 
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self.entries if n.startswith(prefix)]
@@ -151,13 +159,21 @@ class Checkpoint:
     def release(self, name: str) -> None:
         """Unmap the pages of `name` after it was copied to its home, so loading a model keeps
         host RSS near the resident size instead of resident + every byte read from the file."""
+        if self.quant is not None and name in self.quant:
+            for part in self.quant.part_names(name):
+                self.release(part)
+            return
         entry = self.entries.get(name)
         if entry is not None:
             self._shards[entry.shard].release(entry)
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """A weight in a float dtype (FP8 blocks dequantized to bf16), its shape checked."""
-        t = self.raw(name)
+        """A weight in a float dtype (FP8 blocks dequantized to bf16, GPTQ/AWQ/compressed-tensors
+        int4 dequantized exactly to the checkpoint's dtype), its shape checked."""
+        if self.quant is not None and name in self.quant:
+            t = self.quant.dequantize(name)
+        else:
+            t = self.raw(name)
         if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             scale_name = name + "_scale_inv"
             if scale_name not in self.entries:
@@ -169,6 +185,8 @@ class Checkpoint:
         return t
 
     def nbytes(self, name: str) -> int:
+        if self.quant is not None and name in self.quant:
+            return sum(self.nbytes(p) for p in self.quant.part_names(name))
         e = self.entries[name]
         return e.end - e.begin
 
@@ -177,7 +195,6 @@ class Checkpoint:
         (packed weights of a quantized checkpoint: with the byte size their format implies)."""
         packed = {}
         if self.cfg.hetero_format:
-            from .quantized_checkpoint import load_packed, quantized_names
             packed = dict(quantized_names(self.cfg))
         for group in self.cfg.weight_groups():
             for local, shape in group.matrices + group.vectors:
@@ -185,13 +202,12 @@ class Checkpoint:
                 if name in packed and name in self.entries:
                     load_packed(self, name, shape)
                     continue
-                if name not in self.entries:
+                if name not in self:
                     if group.kind == "head" and self.cfg.tie_word_embeddings:
                         continue
                     raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint")
-                e = self.entries[name]
-                if tuple(e.shape) != tuple(shape):
-                    raise CheckpointError(f"{self.path}: tensor {name} has shape {list(e.shape)}, "
+                if tuple(self.shape(name)) != tuple(shape):
+                    raise CheckpointError(f"{self.path}: tensor {name} has shape {list(self.shape(name))}, "
                                           f"config.json implies {list(shape)}")
 
 
@@ -210,3 +226,33 @@ def dequantize_fp8(w: torch.Tensor, scale_inv: torch.Tensor, block: int = 128) -
     R, C = w.shape
     s = scale_inv.float().repeat_interleave(block, 0)[:R].repeat_interleave(block, 1)[:, :C]
     return (w.float() * s).to(torch.bfloat16)
+
+
+# ---- reading a pre-quantized checkpoint (written by quantized_checkpoint.py)
+META_SUFFIX = ".hq_meta"  # a packed weight's scales/offsets are stored under `<name>.hq_meta`
+QUANTIZED_KINDS = ("ffn", "deltanet", "attention", "head")
+
+
+def quantized_names(cfg: ModelConfig) -> list[tuple[str, tuple[int, int]]]:
+    """(full name, [out, in]) of every matrix a quantized checkpoint stores packed."""
+    out = []
+    for g in cfg.weight_groups():
+        if g.kind in QUANTIZED_KINDS:
+            out += [(tensor_name(g.name, g.kind, local, cfg), shape) for local, shape in g.matrices]
+    return out
+
+
+def load_packed(ckpt: Checkpoint, name: str, shape: tuple[int, int]):
+    """The PackedWeight stored for `name` in a quantized checkpoint (zero-copy views of the file)."""
+    from .formats import matrix_bytes
+    from .kernels.quant import PackedWeight
+    fmt = ckpt.cfg.hetero_format
+    meta_name = name + META_SUFFIX
+    if meta_name not in ckpt:
+        raise CheckpointError(f"{ckpt.path}: {name} has no {meta_name} (config.json says {fmt})")
+    data, meta = ckpt.raw(name), ckpt.raw(meta_name)
+    pw = PackedWeight(fmt, data, meta, shape[0], shape[1])
+    if pw.nbytes != matrix_bytes(shape[0], shape[1], fmt):
+        raise CheckpointError(f"{ckpt.path}: {name} holds {pw.nbytes} bytes, {fmt} {list(shape)} needs "
+                              f"{matrix_bytes(shape[0], shape[1], fmt)}")
+    return pw

@@ -260,9 +260,12 @@ class ModelConfig:
                               f"multiple of linear_num_key_heads ({self.linear_num_key_heads})")
         if self.rotary_dim % 2:
             raise ConfigError(f"{source}: rotary dim {self.rotary_dim} must be even")
-        if self.quantization and self.quantization.get("quant_method") not in ("fp8",):
-            raise ConfigError(f"{source}: quantization method "
-                              f"{self.quantization.get('quant_method')!r} is not supported (only fp8)")
+        if self.quantization:  # fp8, gptq, awq, compressed-tensors int4; anything else is one line
+            from .quant_formats import QuantFormatError, detect_format
+            try:
+                detect_format({"quantization_config": self.quantization})
+            except QuantFormatError as e:
+                raise ConfigError(f"{source}: {e}") from None
 
 
 def _parse_rope(text: dict) -> RopeConfig:

@@ -30,3 +30,8 @@ class PlanError(HeteroQwenError):
 
 class InputError(HeteroQwenError):
     """A prompt or argument is out of range (too long for the context, token id out of vocab...)."""
+
+
+class KernelArgumentError(HeteroQwenError, ValueError):
+    """A C++ kernel was called with a tensor of the wrong dtype, shape or layout (kernels/abi.py):
+    refused before the kernel touches memory. A ValueError too, like torch's own argument checks."""

@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import math
 
+from . import measured_defaults
+
 FLOAT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 QUANT_FORMATS = ("int8", "int4")
 ALL_FORMATS = ("bf16", "fp16", "fp32", "int8", "int4", "fp8")
 
-# Inputs per int4 quantization group (one fp16 scale + one fp16 offset each). Chosen by
-# measurement (`python bench/kernels.py --int4-groups`, relative RMS weight error):
+# Inputs per int4 quantization group (one fp16 scale + one fp16 offset each), chosen by measuring
+# the weight error of each group size (measured_defaults.INT4_GROUP has the numbers):
 #   G=128 fp16 4.25 bits: 0.100 Gaussian / 0.170 Student-t3 rows
 #   G=64  fp16 4.50 bits: 0.090 / 0.131   <- chosen
 #   G=128 fp32 4.50 bits: 0.100 / 0.170   (same bytes as G=64 fp16, worse error)
 #   G=32  fp16 5.00 bits: 0.078 / 0.100   (11% more bytes = 11% slower decode)
 # fp16 vs fp32 metadata changes the error by < 0.1%. 64 is also the activation-quantization
 # block of the int4 integer-dot kernels.
-INT4_GROUP = 64
+INT4_GROUP = measured_defaults.INT4_GROUP.value
 INT4_META_BYTES = 4  # fp16 scale + fp16 offset per group
 FP8_BLOCK = 128
 

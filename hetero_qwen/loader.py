@@ -8,7 +8,6 @@ one line. The planner decides where every group lives; the executor loads it str
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,12 +18,12 @@ from .config import ModelConfig, is_preset, load_config
 from .engine import Engine
 from .errors import CheckpointError, ConfigError
 from .executor.devices import make_devices, working_set_hook
+from . import profile_source
 from .executor.build import build_runner
-from .profile import Profile, load_profile
+from .profile import Profile
 from .vision_config import load_multimodal_config
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
-_probed: Profile | None = None
 
 
 def checkpoint_dtype(cfg: ModelConfig) -> torch.dtype:
@@ -52,22 +51,7 @@ def _say(msg: str, quiet: bool) -> None:
 
 
 def resolve_profile(profile, quiet: bool = False) -> Profile:
-    global _probed
-    if isinstance(profile, Profile):
-        return profile
-    if profile is not None:
-        return load_profile(profile)
-    env = os.environ.get("HETERO_QWEN_PROFILE")
-    if env:
-        return load_profile(env)
-    if _probed is None:
-        import yaml
-
-        from .probe import measure, profile_yaml
-        _probed = load_profile(yaml.safe_load(profile_yaml(measure())), name="probed profile")
-        _say("no --profile: measured this machine and planned with `auto` "
-             "(save a profile with `hetero-qwen probe --out my.yaml`)", quiet)
-    return _probed
+    return profile_source.resolve_profile(profile, quiet)  # the one resolver every command uses
 
 
 def _set_threads(n: int) -> None:

@@ -6,6 +6,7 @@ Takes a few seconds; numbers are best-of-N to dodge noise from other processes."
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,43 +71,56 @@ def measure_cpu(threads: int) -> dict:
 
 
 def measure_gpu() -> dict | None:
-    """VRAM, device bandwidth, pinned H2D bandwidth, hop latency and bf16 GEMM rate; None without CUDA."""
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return None
-        dev = torch.device("cuda", 0)
-        free, _total = torch.cuda.mem_get_info(dev)
-
-        def timed(fn, repeats=5) -> float:
-            def run():
-                fn()
-                torch.cuda.synchronize(dev)
-            return _best(run, repeats)
-
-        n = 128 * 2**20
-        src = torch.empty(n, dtype=torch.uint8, device=dev)
-        dst = torch.empty_like(src)
-        bw_gpu = 2 * n / timed(lambda: dst.copy_(src))  # read + write
-        host = torch.empty(n, dtype=torch.uint8).pin_memory()
-        bw_pcie = n / timed(lambda: dst.copy_(host, non_blocking=True))
-        small = torch.empty(5120 * 2, dtype=torch.uint8).pin_memory()
-        small_dev = torch.empty_like(small, device=dev)
-        hop = timed(lambda: (small_dev.copy_(small), small.copy_(small_dev)), 20) / 2
-        m = 4096
-        a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
-        flops = 2 * m**3 / timed(lambda: a @ a)
-        del src, dst, host, small, small_dev, a
-        torch.cuda.empty_cache()
-        return {"vram_free": free, "bw_gpu": bw_gpu, "bw_pcie": bw_pcie, "hop": hop, "gpu_flops": flops}
-    except Exception:  # a broken driver must not stop a CPU-only profile
+    """VRAM, device bandwidth, pinned H2D bandwidth, hop latency and bf16 GEMM rate; None without
+    CUDA. A CUDA error while measuring (a broken driver, too little free memory) is reported in one
+    line and leaves the profile without a gpu section; any other exception is a bug and propagates."""
+    import torch
+    if not torch.cuda.is_available():
         return None
+    try:
+        return _measure_cuda(torch)
+    except RuntimeError as e:  # torch's CUDA errors, OutOfMemoryError included
+        reason = (str(e).strip().splitlines() or [""])[0]
+        print(f"warning: the GPU was not measured ({type(e).__name__}: {reason}); "
+              f"the profile has no gpu section", file=sys.stderr)
+        return None
+
+
+def _measure_cuda(torch) -> dict:
+    dev = torch.device("cuda", 0)
+    free, _total = torch.cuda.mem_get_info(dev)
+
+    def timed(fn, repeats=5) -> float:
+        def run():
+            fn()
+            torch.cuda.synchronize(dev)
+        return _best(run, repeats)
+
+    n = 128 * 2**20
+    src = torch.empty(n, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    bw_gpu = 2 * n / timed(lambda: dst.copy_(src))  # read + write
+    host = torch.empty(n, dtype=torch.uint8).pin_memory()
+    bw_pcie = n / timed(lambda: dst.copy_(host, non_blocking=True))
+    small = torch.empty(5120 * 2, dtype=torch.uint8).pin_memory()
+    small_dev = torch.empty_like(small, device=dev)
+    hop = timed(lambda: (small_dev.copy_(small), small.copy_(small_dev)), 20) / 2
+    m = 4096
+    a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+    flops = 2 * m**3 / timed(lambda: a @ a)
+    del src, dst, host, small, small_dev, a
+    torch.cuda.empty_cache()
+    return {"vram_free": free, "bw_gpu": bw_gpu, "bw_pcie": bw_pcie, "hop": hop, "gpu_flops": flops}
 
 
 def measure() -> dict:
     import psutil
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     out = {"threads": threads, **measure_cpu(threads)}
+    from .kernel_probe import measure_kernels
+    from .kernels.dispatch import set_threads
+    set_threads(threads)
+    out.update(measure_kernels(out["bw_cpu"]) or {})
     gpu = measure_gpu()
     if gpu:
         out.update(gpu)
@@ -132,6 +146,7 @@ def profile_yaml(m: dict) -> str:
               f"  threads: {m['threads']}   # physical cores",
               f"  reserve: {fmt_size_yaml(cpu_reserve)}",
               f"  flops: {fmt_flops(m['cpu_flops'])}   # fp32 1024^3 GEMM",
+              *_kernel_lines(m),
               "context: 32768",
               "policy: auto",
               "weights: {gpu_dtype: bf16, cpu_dtype: bf16}   # cpu_dtype int8 | int4 halves/quarters RAM reads",
@@ -144,6 +159,15 @@ def profile_yaml(m: dict) -> str:
     if "hop" in m:
         lines += [f"hop_latency: {max(m['hop'] * 1e6, 1):.0f}us   # one hidden-state copy each way"]
     return "\n".join(lines) + "\n"
+
+
+def _kernel_lines(m: dict) -> list[str]:
+    """cpu.efficiency / cpu.op_overhead lines from kernel_probe's measurements, when it ran."""
+    if "cpu_efficiency" not in m:
+        return ["  # C++ kernels not built: efficiency and op_overhead keep the defaults of measured_defaults.py"]
+    shares = ", ".join(f"{f}: {min(max(s, 0.05), 1.5):.2f}" for f, s in m["cpu_efficiency"].items())
+    return [f"  efficiency: {{{shares}}}   # cold batch-1 GEMV GB/s over bandwidth.cpu, per format",
+            f"  op_overhead: {max(m['cpu_op_overhead'] * 1e6, 1):.0f}us   # per CPU decode op beyond its bytes"]
 
 
 def write_profile(path: Path, text: str) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from . import measured_defaults
 from .errors import ProfileError
 from .units import parse_duration, parse_flops, parse_rate, parse_size
 
@@ -61,8 +62,11 @@ class Profile:
     threads: int = 8
     pinned: int = 4 * 2**30  # most page-locked staging memory we may take
     cpu_flops: float = 1e12  # bf16/fp32 GEMM with all threads
-    cpu_efficiency: float | None = None  # fraction of bandwidth.cpu the CPU kernels reach; None: per format
-    cpu_op_overhead: float = 80e-6  # fixed cost of one op (a mixer or FFN) in CPU decode: calls + cold starts
+    # share of bandwidth.cpu the CPU kernels reach: one for every format, ((fmt, share), ...) per
+    # format, or None: measured_defaults.CPU_KERNEL_EFFICIENCY
+    cpu_efficiency: float | tuple | None = None
+    # fixed cost of one op (a mixer or FFN) in CPU decode: calls + cold starts
+    cpu_op_overhead: float = measured_defaults.CPU_OP_OVERHEAD.value
     disk_spill: bool = True  # weights beyond RAM may stay in the mmap'd checkpoint
     context: int = 32768
     policy: str = "auto"
@@ -101,12 +105,21 @@ class Profile:
 DEFAULTS = Profile()
 
 
-def _efficiency(v) -> float:
-    """Share of bandwidth.cpu the kernels reach; up to 1.5, since the bandwidth is measured with
-    a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py: 110-122%)."""
+def _share(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5:
         raise ValueError("is not a share in (0, 1.5]")
     return float(v)
+
+
+def _efficiency(v) -> float | tuple:
+    """Share of bandwidth.cpu the kernels reach; up to 1.5, since the bandwidth is measured with
+    a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py: 110-122%). One share,
+    or a mapping {format: share} (what `hetero-qwen probe` writes) -> ((format, share), ...)."""
+    if isinstance(v, dict):
+        if not v or not set(v) <= set(CPU_DTYPES):
+            raise ValueError(f"is not a mapping of {' | '.join(CPU_DTYPES)} to shares")
+        return tuple(sorted((k, _share(s)) for k, s in v.items()))
+    return _share(v)
 
 
 def _pos_int(v) -> int:
@@ -139,7 +152,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "cpu.threads": ("threads", _pos_int, "a positive integer"),
     "cpu.pinned": ("pinned", parse_size, "a size, e.g. 4GiB"),
     "cpu.flops": ("cpu_flops", parse_flops, "a FLOP rate, e.g. 1.5TFLOPS"),
-    "cpu.efficiency": ("cpu_efficiency", _efficiency, "a share in (0, 1.5], e.g. 0.9"),
+    "cpu.efficiency": ("cpu_efficiency", _efficiency, "a share in (0, 1.5], e.g. 0.9, or one per format, "
+                       "e.g. {bf16: 0.95, int8: 1.0, int4: 1.1}"),
     "cpu.op_overhead": ("cpu_op_overhead", parse_duration, "a duration, e.g. 80us"),
     "disk.spill": ("disk_spill", _bool, "true or false"),
     "context": ("context", _pos_int, "a positive number of tokens, e.g. 65536"),

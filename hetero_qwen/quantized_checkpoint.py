@@ -19,13 +19,12 @@ from typing import Callable, Iterable
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import INDEX_FILE, Checkpoint, tensor_name
+# the reading side (names, META_SUFFIX, load_packed) lives in checkpoint.py; re-exported here
+from .checkpoint import INDEX_FILE, META_SUFFIX, Checkpoint, load_packed, quantized_names  # noqa: F401
 from .config import ModelConfig, load_raw_config
 from .errors import CheckpointError, InputError
 
-META_SUFFIX = ".hq_meta"
 SHARD_BYTES = 2 * 2**30
-QUANTIZED_KINDS = ("ffn", "deltanet", "attention", "head")
 COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
               "special_tokens_map.json", "vocab.json", "merges.txt", "preprocessor_config.json")
 
@@ -60,15 +59,6 @@ class ShardWriter:
         (self.dir / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": self.weight_map}, indent=1))
 
 
-def quantized_names(cfg: ModelConfig) -> list[tuple[str, tuple[int, int]]]:
-    """(full name, [out, in]) of every matrix a quantized checkpoint stores packed."""
-    out = []
-    for g in cfg.weight_groups():
-        if g.kind in QUANTIZED_KINDS:
-            out += [(tensor_name(g.name, g.kind, local, cfg), shape) for local, shape in g.matrices]
-    return out
-
-
 def write_checkpoint_atomically(dst: Path, fill: Callable[[Path], None]) -> Path:
     """Run `fill(tmp_dir)` and move the result to `dst`; nothing half-written is left behind."""
     dst = Path(dst)
@@ -89,7 +79,7 @@ def write_checkpoint_atomically(dst: Path, fill: Callable[[Path], None]) -> Path
 
 def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
                         progress: Callable[[Iterable], Iterable] = lambda it: it) -> Path:
-    from .kernels.quant import PackedWeight
+    from .quant_formats.convert import packed_weight, tensor_names
     if fmt not in ("int8", "int4"):
         raise InputError(f"--dtype must be int8 or int4, got {fmt!r}")
     src = Path(src)
@@ -103,13 +93,12 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
 
     def fill(tmp: Path) -> None:
         w = ShardWriter(tmp)
-        for name in progress(sorted(ckpt.names())):
+        for name, raw_name in progress(tensor_names(ckpt)):  # GPTQ/AWQ/... parts: once, as X.weight
             if name.endswith("_scale_inv") and name[: -len("_scale_inv")] in ckpt:
                 continue  # FP8 scales: folded in by ckpt.get below
             t = ckpt.get(name)
-            raw_name = ckpt.raw_names[name]
             if name in packed:
-                pw = PackedWeight.from_float(t.float(), fmt)
+                pw = packed_weight(ckpt, name, t, fmt)
                 w.add(raw_name, pw.data)
                 w.add(raw_name + META_SUFFIX, pw.meta)
             else:
@@ -126,19 +115,3 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, fmt: str,
                 shutil.copy2(src / f, tmp / f)
 
     return write_checkpoint_atomically(Path(dst), fill)
-
-
-def load_packed(ckpt: Checkpoint, name: str, shape: tuple[int, int]):
-    """The PackedWeight stored for `name` in a quantized checkpoint (zero-copy views of the file)."""
-    from .formats import matrix_bytes
-    from .kernels.quant import PackedWeight
-    fmt = ckpt.cfg.hetero_format
-    meta_name = name + META_SUFFIX
-    if meta_name not in ckpt:
-        raise CheckpointError(f"{ckpt.path}: {name} has no {meta_name} (config.json says {fmt})")
-    data, meta = ckpt.raw(name), ckpt.raw(meta_name)
-    pw = PackedWeight(fmt, data, meta, shape[0], shape[1])
-    if pw.nbytes != matrix_bytes(shape[0], shape[1], fmt):
-        raise CheckpointError(f"{ckpt.path}: {name} holds {pw.nbytes} bytes, {fmt} {list(shape)} needs "
-                              f"{matrix_bytes(shape[0], shape[1], fmt)}")
-    return pw

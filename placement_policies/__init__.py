@@ -10,15 +10,15 @@ import difflib
 from hetero_qwen.config import ModelConfig
 from hetero_qwen.errors import ProfileError
 from hetero_qwen.planner.context import PlanContext
-from hetero_qwen.planner.driver import run_policy
 from hetero_qwen.planner.formats import resolve_formats
+from hetero_qwen.planner.run_policy import run_policy
 from hetero_qwen.planner.plan import Plan
 from hetero_qwen.profile import Profile
 
-from . import ffn_cpu, layers, optimal
+from . import auto, ffn_cpu, layers
 
 POLICIES = {
-    "auto": optimal.choose,
+    "auto": auto.choose,
     "layers": layers.choose,
     "ffn-cpu": ffn_cpu.choose,
 }

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,3 +32,14 @@ def run_cli(args, capsys):
         main(list(map(str, args)))
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module (bench/ is scripts, not a package), loaded once per session."""
+    key = f"bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]

@@ -19,7 +19,8 @@ from hetero_qwen.image_prompt import ImagePrompt
 from hetero_qwen.kernels import cpp
 from hetero_qwen.planner.vision import TOWER
 from hetero_qwen.vision_input import load_image_processor, prepare_images
-from vision_fixtures import GREEDY_TOKENS, IMAGE_PAD, rel_err, shared_vision_fixture
+from helpers import rel_err
+from vision_fixtures import GREEDY_TOKENS, IMAGE_PAD, shared_vision_fixture
 
 NAMES = {"one": ["a.png"], "two": ["a.png", "b.png"]}
 CPU = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256}

@@ -69,7 +69,7 @@ def test_weight_validation_is_cached_but_follows_replaced_tensors():
     x = torch.randn(1, 32)  # 32 inputs: no full 64-group, fp32 activations on every ISA
     assert torch.allclose(cpp.linear(x, w), reference.linear(x, w), rtol=1e-5, atol=1e-5)
     w.data = torch.randn(16, 32).t().contiguous().t().to(torch.int8)  # new tensor, not contiguous
-    with pytest.raises(ValueError, match="expected contiguous"):
+    with pytest.raises(ValueError, match="hq_linear: w: expected a contiguous tensor"):
         cpp.linear(x, w)
     w.data = w.data.contiguous()
     assert torch.allclose(cpp.linear(x, w), reference.linear(x, w), rtol=1e-5, atol=1e-5)

@@ -10,7 +10,8 @@ import torch
 from hetero_qwen.errors import InputError
 from hetero_qwen.model.mrope import next_position, text_positions
 from hetero_qwen.model.multimodal import MultimodalModel, scatter_image_embeds
-from vision_fixtures import GREEDY_TOKENS, IMAGE_PAD, VISION_END, rel_err, shared_vision_fixture
+from helpers import rel_err
+from vision_fixtures import GREEDY_TOKENS, IMAGE_PAD, VISION_END, shared_vision_fixture
 
 
 @pytest.fixture(scope="module")

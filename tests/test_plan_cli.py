@@ -63,6 +63,10 @@ def test_probe_writes_a_valid_profile_atomically(tmp_path, capsys):
     assert code == 0, err
     p = load_profile(out)
     assert p.ram > p.cpu_reserve and p.bw_cpu > 0 and p.cpu_flops > 0
+    from hetero_qwen.kernels import cpp
+    if cpp.available():  # this machine's kernel share per format and per-op cost (sanity only)
+        assert {f for f, _ in p.cpu_efficiency} == {"bf16", "int8", "int4"}
+        assert all(0 < s <= 1.5 for _, s in p.cpu_efficiency) and 0 < p.cpu_op_overhead < 1
     assert [f.name for f in tmp_path.iterdir()] == ["me.yaml"]  # no temp file left behind
     code, _, err = run(["probe", "--out", str(tmp_path / "missing" / "x.yaml")], capsys)
     assert code == 2 and "does not exist" in err

@@ -11,7 +11,7 @@ from hetero_qwen.config import load_config
 from hetero_qwen.errors import PlanError
 from hetero_qwen.planner import PlanContext
 from hetero_qwen.planner.build import build_plan
-from hetero_qwen.planner.driver import stream_caps
+from hetero_qwen.planner.run_policy import stream_caps
 from hetero_qwen.planner.plan import Plan
 from hetero_qwen.profile import load_profile
 from placement_policies import POLICIES, make_plan
@@ -97,7 +97,7 @@ def _objective(profile):
 @SETTINGS
 @given(profiles(roomy=True), st.integers(1, 500_000))
 def test_more_vram_never_slower(profile, extra):
-    """Guaranteed where auto is exact: RAM holds every off-GPU weight (see COST_MODEL.md)."""
+    """Guaranteed where auto is exact: RAM holds every off-GPU weight (see hetero_qwen/planner/COST_MODEL.md)."""
     before, after = _objective(profile), _objective(profile.replace(vram=profile.vram + extra))
     if before is not None:
         assert after is not None and after <= before * (1 + 1e-12)

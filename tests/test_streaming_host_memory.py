@@ -135,4 +135,4 @@ def test_every_case_keeps_locked_memory_within_the_streamed_weights(hf_causal):
         bounce = 2 * eng.runner.prefetcher.slot_bytes if eng.runner.prefetcher.bounce is not None else 0
         slack = len(eng.devices.locked) * 4096 + 64 * 8 * len(streamed_groups(eng))
         assert eng.devices.locked_bytes <= streamed + bounce + slack, label
-    assert streaming >= 2
+    assert streaming >= 1

@@ -11,7 +11,8 @@ from hetero_qwen.config import load_config
 from hetero_qwen.errors import CheckpointError, ConfigError
 from hetero_qwen.model.vision import interpolated_pos_embed, load_vision_weights, merge_block_order, vision_tower
 from hetero_qwen.vision_config import VisionConfig, load_multimodal_config
-from vision_fixtures import hf_inputs, rel_err, shared_vision_fixture
+from helpers import rel_err
+from vision_fixtures import hf_inputs, shared_vision_fixture
 
 
 @pytest.fixture(scope="module")

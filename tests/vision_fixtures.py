@@ -125,7 +125,3 @@ def shared_vision_fixture(tmp_path_factory) -> VisionFixture:
     if "fx" not in _BUILT:
         _BUILT["fx"] = build_vision_fixture(tmp_path_factory.mktemp("vision"))
     return _BUILT["fx"]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())

@@ -14,31 +14,23 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
         model: Optional[str] = typer.Option(None, "--model", help=f"model directory or preset (default: {DEFAULT_MODEL})"),
-        profile: Optional[str] = typer.Option(None, "--profile", help="memory-budget YAML (default: probe this machine)"),
+        profile: Optional[str] = typer.Option(None, "--profile", help="memory-budget YAML (default: $HETERO_QWEN_PROFILE, else probe this machine)"),
         policy: Optional[str] = typer.Option(None, "--policy", help="auto | layers | ffn-cpu (default: the profile's)"),
         context: Optional[int] = typer.Option(None, "--context", min=1, help="tokens of KV cache (default: the profile's)"),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
         text_only: bool = typer.Option(False, "--text-only", help="plan without the vision tower"),
     ):
         """Plan weight/cache placement for a model and a memory budget; print the report or JSON."""
-        import yaml
-
         from placement_policies import make_plan
 
         from ..config import load_config
-        from ..profile import load_profile
+        from ..profile_source import resolve_profile
 
         if model is None:
             model = DEFAULT_MODEL
             print(f"note: no --model: planning the {DEFAULT_MODEL} preset", file=sys.stderr)
         cfg = load_config(model)
-        if profile is None:
-            from ..probe import measure, profile_yaml
-            print("note: no --profile: measured this machine (save it with `hetero-qwen probe --out my.yaml`)",
-                  file=sys.stderr)
-            prof = load_profile(yaml.safe_load(profile_yaml(measure())), name="probed profile")
-        else:
-            prof = load_profile(profile)
+        prof = resolve_profile(profile)
         from ..vision_config import load_multimodal_config
         mm = None if text_only else load_multimodal_config(model)
         result = make_plan(cfg, prof, policy=policy, context=context, model=str(model),

@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -27,8 +28,18 @@ def quantize(src: Path = typer.Argument(..., help="Checkpoint directory to read"
     say(f"wrote {dtype} checkpoint to {dst}")
 
 
-def info(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Versions, CPU kernel backend and ISA, threads, CUDA devices."""
+def checkpoint_info(model: Path) -> dict:
+    """The quantized format a checkpoint directory is in, and whether it kept MTP and vision."""
+    from ..checkpoint import Checkpoint
+    from ..config import load_config
+    ckpt = Checkpoint(model, load_config(model))
+    return {"path": str(model), "format": ckpt.format_info.describe(), **ckpt.facts}
+
+
+def info(as_json: bool = typer.Option(False, "--json"),
+         model: Optional[Path] = typer.Option(None, "--model",
+                                              help="Also name this checkpoint's weight format")) -> None:
+    """Versions, CPU kernel backend and ISA, threads, CUDA devices; with --model, its weight format."""
     import torch
 
     from .. import __version__
@@ -37,6 +48,8 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
            "cuda": torch.cuda.is_available(),
            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
            "kernels": kernel_info()}
+    if model is not None:
+        out["checkpoint"] = checkpoint_info(model)
     if as_json:
         print(json.dumps(out, indent=2))
         return
@@ -48,6 +61,11 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
           f"threads {k['threads']}, int8-weight activations {k['int8_activations']}, "
           f"prefill {k['prefill_backend']}")
     print("cuda: " + (", ".join(out["cuda_devices"]) if out["cuda"] else "none (the GPU tier is simulated)"))
+    if model is not None:
+        c = out["checkpoint"]
+        kept = lambda k: "kept" if c[k] else "absent (off)"  # noqa: E731
+        print(f"checkpoint: {c['path']}\n  weights: {c['format']}\n  mtp: {kept('has_mtp')}  "
+              f"vision: {kept('has_vision')}")
     sys.stdout.flush()
 
 

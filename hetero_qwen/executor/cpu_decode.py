@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import FULL
-from ..kernels import cpp, dispatch
+from ..kernels import abi, cpp, dispatch
 from ..kernels.ops import CpuFFN, CpuLinear
 from ..model.layers import FFN, Attention, GatedDeltaNet
 from ..model.rope import Rope
@@ -47,16 +47,18 @@ class _Linear:
 
     def __init__(self, k: CpuLinear, fresh_output: bool = False):
         self.w = k.weight
-        self.fmt = cpp.FMT_CODE[self.w.fmt]
         self.fresh = fresh_output  # logits leave this module: a new tensor per call
         self.y = torch.empty(1, self.w.out_features)
+        # per token: (x), or (x, y) for fresh outputs; the weight and buffers are checked once
+        self.hq_linear = cpp.bind_linear(self.w, B=1) if fresh_output else cpp.bind_linear(self.w, B=1, y=self.y)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.w
-        y = torch.empty(1, w.out_features) if self.fresh else self.y
-        cpp.lib().hq_linear(self.fmt, w.data.data_ptr(), None if w.meta is None else w.meta.data_ptr(),
-                            w.out_features, w.in_features, x.data_ptr(), 1, y.data_ptr())
-        return y
+        if self.fresh:
+            y = torch.empty(1, self.w.out_features)
+            self.hq_linear(x, y)
+            return y
+        self.hq_linear(x)
+        return self.y
 
 
 class _Norm:
@@ -66,28 +68,25 @@ class _Norm:
         self.w = (1.0 + w.float()).contiguous()
         self.eps = eps
         self.out = torch.empty(1, self.w.numel())
+        n = self.w.numel()
+        self.hq_rmsnorm = abi.HQ_RMSNORM.bind(rows=1, n=n, ldx=n, w=self.w, eps=eps, out=self.out)  # (x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.w.numel()
-        cpp.lib().hq_rmsnorm(1, n, x.data_ptr(), n, self.w.data_ptr(), self.eps, self.out.data_ptr())
+        self.hq_rmsnorm(x)
         return self.out
 
 
 class _Ffn:
     def __init__(self, norm: torch.Tensor, k: CpuFFN, eps: float):
         self.norm = _Norm(norm, eps)
-        self.gate, self.up, self.down = k.gate, k.up, k.down
-        self.fmt = cpp.FMT_CODE[k.gate.fmt]
-        H, I = k.gate.in_features, k.gate.out_features
-        self.H, self.I = H, I
+        g, u, d = k.gate, k.up, k.down
+        H, I = g.in_features, g.out_features
         self.hidden, self.y = torch.empty(1, I), torch.empty(1, H)
+        self.hq_ffn = abi.HQ_FFN.bind(fmt=cpp.FMT_CODE[g.fmt], gw=g.data, gm=g.meta, uw=u.data, um=u.meta,
+                                      dw=d.data, dm=d.meta, H=H, I=I, B=1, h=self.hidden, y=self.y)  # (x)
 
     def __call__(self, x: torch.Tensor) -> None:
-        h = self.norm(x)
-        g, u, d = self.gate, self.up, self.down
-        meta = lambda w: None if w.meta is None else w.meta.data_ptr()  # noqa: E731
-        cpp.lib().hq_ffn(self.fmt, g.data.data_ptr(), meta(g), u.data.data_ptr(), meta(u), d.data.data_ptr(),
-                         meta(d), self.H, self.I, h.data_ptr(), 1, self.hidden.data_ptr(), self.y.data_ptr())
+        self.hq_ffn(self.norm(x))
         x += self.y
 
 
@@ -107,24 +106,22 @@ class _DeltaNet:
         self.o = torch.empty(self.Hv, self.Dv)
         self.g = torch.empty(1, self.Hv * self.Dv)
         self.splits = [self.conv_dim, self.Hv * self.Dv, self.Hv, self.Hv]
+        # (S_len, mixed, a, b, conv_state, state) and (z [Hv, Dv]) per token; the rest checked once
+        self.hq_deltanet_step = abi.HQ_DELTANET_STEP.bind(
+            B=1, conv_dim=self.conv_dim, K=self.K, conv_w=self.conv_w, A_log=self.A_log, dt_bias=self.dt_bias,
+            Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv, out=self.o.view(1, self.Hv, self.Dv))
+        self.hq_gated_rmsnorm = abi.HQ_GATED_RMSNORM.bind(rows=self.Hv, n=self.Dv, x=self.o, w=self.gnorm_w,
+                                                          eps=self.eps, out=self.g.view(self.Hv, self.Dv))
 
     def __call__(self, x: torch.Tensor, cache) -> None:
-        lib = cpp.lib()
         h = self.norm(x)
         if self.fused is not None:
             qkv, z, b, a = self.fused(h).split(self.splits, dim=1)  # B = 1: each slice is contiguous
         else:
             qkv, z, b, a = self.qkv(h), self.z(h), self.b(h), self.a(h)
-        conv, state = cache.conv, cache.state
-        if conv.dtype != torch.float32 or state.dtype != torch.float32:
-            raise ValueError("the fast CPU decode path needs fp32 DeltaNet caches")
-        if lib.hq_deltanet_step(1, self.conv_dim, self.K, conv.shape[-1], qkv.data_ptr(), a.data_ptr(),
-                                b.data_ptr(), self.conv_w.data_ptr(), conv.data_ptr(), self.A_log.data_ptr(),
-                                self.dt_bias.data_ptr(), self.Hk, self.Hv, self.Dk, self.Dv,
-                                state.data_ptr(), self.o.data_ptr()) != 0:
-            raise ValueError("hq_deltanet_step rejected its shapes")
-        lib.hq_gated_rmsnorm(self.Hv, self.Dv, self.o.data_ptr(), z.data_ptr(), self.gnorm_w.data_ptr(),
-                             self.eps, self.g.data_ptr())
+        conv, state = cache.conv, cache.state  # fp32: checked by the kernel declaration
+        self.hq_deltanet_step(conv.shape[-1], qkv, a, b, conv, state)
+        self.hq_gated_rmsnorm(z.view(self.Hv, self.Dv))
         x += self.out(self.g)
 
 

@@ -8,6 +8,8 @@ and every hop to or from it is counted. So every plan runs, and is checked, in C
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +38,15 @@ class MemoryTier:
         self.peak = max(self.peak, self.used)
         self.by_owner[owner] = self.by_owner.get(owner, 0) + nbytes
 
+    @contextmanager
+    def transient(self, nbytes: int, owner: str):
+        """Hold `nbytes` for the duration of a `with` block (an op's temporaries)."""
+        self.alloc(nbytes, owner)
+        try:
+            yield
+        finally:
+            self.free(nbytes, owner)
+
     def free(self, nbytes: int, owner: str) -> None:
         self.used -= nbytes
         left = self.by_owner.get(owner, 0) - nbytes
@@ -52,16 +63,18 @@ class Traffic:
     d2h: int = 0
     hops: int = 0
     streamed: int = 0  # weight bytes copied to the GPU for streamed ops (part of h2d)
+    logits: int = 0    # logits bytes copied from the GPU to the host (not part of d2h: no hop)
 
     def as_dict(self) -> dict:
-        return {"h2d_bytes": self.h2d, "d2h_bytes": self.d2h, "hops": self.hops, "streamed_bytes": self.streamed}
+        return {"h2d_bytes": self.h2d, "d2h_bytes": self.d2h, "hops": self.hops, "streamed_bytes": self.streamed,
+                "logits_d2h_bytes": self.logits}
 
     def snapshot(self) -> "Traffic":
-        return Traffic(self.h2d, self.d2h, self.hops, self.streamed)
+        return Traffic(self.h2d, self.d2h, self.hops, self.streamed, self.logits)
 
     def since(self, before: "Traffic") -> "Traffic":
         return Traffic(self.h2d - before.h2d, self.d2h - before.d2h, self.hops - before.hops,
-                       self.streamed - before.streamed)
+                       self.streamed - before.streamed, self.logits - before.logits)
 
 
 class Device:
@@ -70,7 +83,37 @@ class Device:
         self.torch = torch.device(torch_device)
         self.simulated = simulated
         self.memory = MemoryTier(name, budget)
-        self.busy_seconds = 0.0
+        self._busy = 0.0
+        self._events: list = []  # (start, end) CUDA events of ops whose time is not summed yet
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds this device spent running ops: host time on the CPU and the simulated GPU, the
+        span between CUDA events around each op on a real GPU (its launches return early)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._busy += sum(s.elapsed_time(e) for s, e in self._events) / 1000
+            self._events = []
+        return self._busy
+
+    @busy_seconds.setter
+    def busy_seconds(self, value: float) -> None:
+        self.busy_seconds  # sums pending events first  # noqa: B018
+        self._busy = value
+
+    @contextmanager
+    def busy(self):
+        """Count the time of the ops issued inside the block as this device's busy time."""
+        if self.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((start, end))
+            return
+        t0 = time.perf_counter()
+        yield
+        self._busy += time.perf_counter() - t0
 
     @property
     def is_cuda(self) -> bool:
@@ -135,6 +178,13 @@ class Devices:
         self.traffic.hops += 1
         return x.to(dst.torch, non_blocking=False)
 
+    def logits_to_host(self, logits: torch.Tensor, src: Device) -> torch.Tensor:
+        """Logits to the host as fp32, counting the bytes: moved in the compute dtype first, so no
+        fp32 [T, vocab] copy is ever made on the GPU."""
+        if src.name == "gpu":
+            self.traffic.logits += logits.numel() * logits.element_size()
+        return logits.to("cpu").float()
+
     def tiers(self) -> dict:
         out = {"cpu": self.cpu.memory}
         if self.gpu is not None:
@@ -154,13 +204,27 @@ def make_devices(gpu_budget: int | None, cpu_budget: int | None, simulate_gpu: b
 
 
 def working_set_hook(devices: Devices):
-    """An op hook charging each GPU op's activations (its input and output) to the GPU budget
-    for the duration of the op: an op that does not fit raises BudgetExceeded naming it."""
+    """An op hook charging each GPU op's activations to the GPU budget: while the op runs, its
+    input plus every temporary it declares (model.scratch.temporary: attention scores, dequantized
+    weight tiles); once it ran, its input and output. An op that does not fit raises
+    BudgetExceeded naming it (and the temporary)."""
+    from ..model.scratch import metered
+
     def hook(op_name: str, dev: Device, x: torch.Tensor, out: torch.Tensor) -> None:
         if dev.name != "gpu":
             return
         n = x.numel() * x.element_size() + out.numel() * out.element_size()
         dev.memory.alloc(n, f"op {op_name}")
         dev.memory.free(n, f"op {op_name}")
+
+    @contextmanager
+    def scope(op_name: str, dev: Device, x: torch.Tensor):
+        if dev.name != "gpu":
+            yield
+            return
+        with dev.memory.transient(x.numel() * x.element_size(), f"op {op_name}"), \
+                metered(lambda n, what: dev.memory.transient(n, f"op {op_name} ({what})"), dev.name):
+            yield
     hook.gpu_only = True  # a no-op for CPU ops: the one-token CPU fast path may skip it
+    hook.scope = scope
     return hook

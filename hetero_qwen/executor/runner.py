@@ -19,6 +19,7 @@ from ..model.layers import rms_norm
 from ..model.qwen3_5 import new_cache
 from ..model.mrope import MRope
 from ..model.rope import Rope
+from ..model.scratch import op_scope
 from .devices import Device, Devices
 
 
@@ -103,13 +104,13 @@ class Runner:
         x = self.devices.hop(x, cur, dev)
         h = rms_norm(x, slot.norms[dev.name], self.cfg.rms_norm_eps)
         streamed = dev.name in slot.streamed
-        t0 = time.perf_counter()
-        if streamed:
-            self.prefetcher.acquire(slot.name)
-        out = slot.ops[dev.name](h, *args)
-        if streamed:
-            self.prefetcher.release(slot.name)
-        dev.busy_seconds += time.perf_counter() - t0  # issue time on CUDA (asynchronous)
+        with dev.busy():  # CUDA events on a real GPU
+            if streamed:
+                self.prefetcher.acquire(slot.name)
+            with op_scope(self.op_hook, slot.name, dev, h):  # charges the op's declared temporaries
+                out = slot.ops[dev.name](h, *args)
+            if streamed:
+                self.prefetcher.release(slot.name)
         if self.op_hook is not None:
             self.op_hook(slot.name, dev, h, out)
         return out, dev, x
@@ -195,7 +196,7 @@ class Runner:
             self.devices.cpu.busy_seconds += time.perf_counter() - t0
             return logits.view(1, 1, -1)
         logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
-        return logits.float().to("cpu")
+        return self.devices.logits_to_host(logits, dev)
 
     def prefill_only(self, ids: torch.Tensor, caches: list, start: int,
                      positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None) -> None:

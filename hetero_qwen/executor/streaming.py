@@ -183,8 +183,11 @@ class SlotLinear:
         views = self.prefetcher.current[self.group]
         if self.packed is None:
             w = views[self.local]
-        else:
-            from ..kernels.quant import PackedWeight
-            fmt, out, n = self.packed
-            w = PackedWeight(fmt, views[self.local], views[self.local + META], out, n).dequantize().to(x.dtype)
-        return torch.nn.functional.linear(x.to(w.dtype), w)
+            return torch.nn.functional.linear(x.to(w.dtype), w)
+        # packed: dequantized one row tile at a time straight to x's dtype; each tile's
+        # temporaries are charged to the op (model.scratch) while they exist
+        from ..kernels.quant import PackedWeight, linear_dequant_tiled
+        from ..model.scratch import temporary
+        fmt, out, n = self.packed
+        w = PackedWeight(fmt, views[self.local], views[self.local + META], out, n)
+        return linear_dequant_tiled(x, w, lambda nbytes: temporary(nbytes, f"dequantize {fmt} {self.local} tile"))

@@ -29,6 +29,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import measured_defaults
 from . import cpp, reference
 from . import numba_kernels as nk
 from .quant import PackedWeight, dequantize_int4, dequantize_int8
@@ -37,7 +38,7 @@ BACKENDS = ("cpp", "numba", "torch", "reference")
 # Forwards of at most this many tokens are GEMV-shaped (decode, speculative verify): our kernels'
 # thread pool runs them (and the engine keeps torch single-threaded meanwhile); larger batches
 # (prefill) go to torch's compute-bound GEMMs.
-SMALL_BATCH = 8
+SMALL_BATCH = measured_defaults.SMALL_BATCH.value
 
 _forced: str | None = None
 _threads: int | None = None

@@ -167,6 +167,47 @@ class PackedWeight:
         return dequantize_int4(self.data, self.meta, self.in_features)
 
 
+# ------------------------------------------------------------ tiled GPU dequantization
+DEQUANT_TILE_FP32 = 16 * 2**20  # bytes of one fp32 row tile: what a streamed int8/int4 matmul dequantizes at once
+DEQUANT_FP32_COPIES = {"int8": 2, "int4": 3}  # fp32 temporaries of one tile (int4: unpacked q, padded q, w)
+
+
+def dequant_tile_rows(in_features: int) -> int:
+    """Rows per tile: one fp32 tile of at most DEQUANT_TILE_FP32 bytes (at least one row)."""
+    return max(1, DEQUANT_TILE_FP32 // (in_features * 4))
+
+
+def dequant_tile_bytes(fmt: str, rows: int, in_features: int, itemsize: int) -> int:
+    """Temporaries of dequantizing `rows` rows: fp32 copies plus the compute-dtype tile
+    (int4 also unpacks its nibbles to a uint8 [rows, in])."""
+    n = rows * in_features
+    return n * (4 * DEQUANT_FP32_COPIES[fmt] + itemsize + (1 if fmt == "int4" else 0))
+
+
+def dequantize_rows(w: "PackedWeight", r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows [r0, r1) of a packed weight in `dtype` (computed in fp32, as `dequantize`)."""
+    if w.fmt == "bf16":
+        return w.data[r0:r1].to(dtype)
+    if w.fmt == "int8":
+        return dequantize_int8(w.data[r0:r1], w.meta[r0:r1]).to(dtype)
+    return dequantize_int4(w.data[r0:r1], w.meta[r0:r1], w.in_features).to(dtype)
+
+
+def linear_dequant_tiled(x: torch.Tensor, w: "PackedWeight", on_tile=None) -> torch.Tensor:
+    """y = x @ deq(w)^T in x's dtype, dequantizing one row tile at a time (never the whole
+    matrix in fp32). `on_tile(nbytes)` returns a context manager that holds each tile's
+    temporaries (the executor charges them). x [..., in] -> [..., out]."""
+    from contextlib import nullcontext
+    y = x.new_empty(*x.shape[:-1], w.out_features)
+    rows = dequant_tile_rows(w.in_features)
+    for r0 in range(0, w.out_features, rows):
+        r1 = min(w.out_features, r0 + rows)
+        hold = on_tile(dequant_tile_bytes(w.fmt, r1 - r0, w.in_features, x.element_size())) if on_tile else nullcontext()
+        with hold:
+            y[..., r0:r1] = torch.nn.functional.linear(x, dequantize_rows(w, r0, r1, x.dtype))
+    return y
+
+
 # --------------------------------------------------------------------- reference GEMVs
 def linear_dequant(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     """Reference GEMV/GEMM for every format: dequantize, then fp32 matmul. x [B, in] -> [B, out]."""

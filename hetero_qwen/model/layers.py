@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .cache import DeltaNetCache, KVCache
+from .causal_attention import causal_attention
 from .delta_rule import chunked_gated_delta_rule, recurrent_gated_delta_rule
 from .rope import apply_rope
+from .scratch import metered_device, temporary
 
 Proj = Callable[[torch.Tensor], torch.Tensor]
 
@@ -81,20 +83,23 @@ class Attention:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = cache.length  # the cache may live on another device than this op (streamed prefill)
         k, v = cache.append(k.to(cache.device, cache.dtype), v.to(cache.device, cache.dtype))
-        k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
-        if T == 1:
-            mask, causal = None, False
-        elif past == 0:
-            mask, causal = None, True
-        else:  # continuing a cached sequence: query i sees keys up to past + i
-            qpos = torch.arange(past, past + T, device=q.device)[:, None]
-            mask, causal = torch.arange(past + T, device=q.device)[None, :] <= qpos, False
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           scale=self.scale, enable_gqa=nh != nkv)
+        with temporary(_kv_copy_bytes(cache, k, q), "K/V copied from the cache's device"):
+            k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
+            o = causal_attention(q, k, v, past, self.scale)
         o = o.transpose(1, 2).reshape(B, T, nh * D)
         if cfg.attn_output_gate:
             o = o * torch.sigmoid(gate)
         return self.o_proj(o)
+
+
+def _kv_copy_bytes(cache: KVCache, k: torch.Tensor, q: torch.Tensor) -> int:
+    """Bytes of the K/V copy an op makes when its cache lives on another device (a streamed
+    attention layer in prefill) or in another dtype; 0 when k/v are used in place."""
+    owner = getattr(getattr(cache, "owner", None), "name", None)  # the cache's device, if known
+    elsewhere = k.device != q.device or (owner is not None and metered_device() not in (None, owner))
+    if not elsewhere and k.dtype == q.dtype:
+        return 0
+    return 2 * k.numel() * q.element_size()
 
 
 class GatedDeltaNet:

@@ -12,7 +12,7 @@ import torch
 
 from ..config import FULL, ModelConfig
 from .cache import DeltaNetCache, KVCache
-from .layers import FFN, Attention, GatedDeltaNet, rms_norm
+from .layers import FFN, Attention, GatedDeltaNet
 
 # A mixer's input projections, read as one matrix when stored back to back (nano-vllm's
 # packed_modules_mapping): the loader stores them so, and the one-token CPU path reads them in one call.
@@ -52,8 +52,3 @@ def new_cache(cfg: ModelConfig, kind: str, batch: int, capacity: int, dtype: tor
     return DeltaNetCache(batch, cfg.linear_conv_dim, cfg.linear_conv_kernel_dim, cfg.linear_num_value_heads,
                          cfg.linear_key_head_dim, cfg.linear_value_head_dim, dtype, device)
 
-
-def residual(op, x: torch.Tensor, norm_w: torch.Tensor, eps: float, *args) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sub-layer: (x + op(norm(x)), op's input). The input is returned for accounting."""
-    h = rms_norm(x, norm_w, eps)
-    return x + op(h, *args), h

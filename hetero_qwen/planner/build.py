@@ -73,7 +73,9 @@ def _tiers(ctx: PlanContext, groups, slot: int) -> dict:
 
     gpu = lines("gpu")
     if gpu_used:
-        gpu.update(working_set=ctx.activation_bytes, stream_slots=2 * slot, reserve=p.gpu_reserve)
+        gpu.update({"working_set" if k == "activations" else f"{k}_working_set": v  # planner.working_set
+                    for k, v in ctx.gpu_working_set(slot).items()})
+        gpu.update(stream_slots=2 * slot, reserve=p.gpu_reserve)
     cpu = lines("cpu")
     cpu.update(pinned_staging=2 * slot, working_set=ctx.activation_bytes, reserve=p.cpu_reserve)
     disk = {"weights": sum(g.bytes for g in groups if g.home == "disk")}

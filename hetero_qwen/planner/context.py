@@ -24,6 +24,7 @@ class PlanContext:
         self.first_chunk = self.chunks[0][0]
         self.position = cost.mean_decode_position(profile)
         self._crossover: dict = {}
+        self._working_set: dict = {}
 
     # ---- memory constants ------------------------------------------------------------------
     @cached_property
@@ -32,6 +33,14 @@ class PlanContext:
         one fp32 logits row (prefill keeps only the last position)."""
         c = self.cfg
         return self.p.prefill_chunk * 4 * (4 * c.hidden_size + 3 * c.intermediate_size) + c.vocab_size * 4
+
+    def gpu_working_set(self, cap: int) -> dict[str, int]:
+        """The GPU's working set by line (planner.working_set); `cap` > 0: blocks stream."""
+        from .working_set import gpu_working_set
+        streams = cap > 0
+        if streams not in self._working_set:
+            self._working_set[streams] = gpu_working_set(self.cfg, self.p, streams)
+        return self._working_set[streams]
 
     def forced_home(self, item: Item) -> str | None:
         return self.p.home_override(item.name)
@@ -90,7 +99,7 @@ class PlanContext:
     # ---- the VRAM left for weights and caches -----------------------------------------------
     def gpu_fixed_bytes(self, cap: int) -> int:
         """Reserve, working set and device-side stream slots: paid once anything uses the GPU."""
-        return self.p.gpu_reserve + self.activation_bytes + 2 * cap
+        return self.p.gpu_reserve + sum(self.gpu_working_set(cap).values()) + 2 * cap
 
     def gpu_room(self, cap: int) -> int:
         return self.p.vram - self.gpu_fixed_bytes(cap) if self.p.has_gpu else 0

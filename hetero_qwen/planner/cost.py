@@ -1,6 +1,6 @@
 """The cost model: seconds for one item in decode and in prefill, hops, and the stream crossover.
 
-Equations (see placement_policies/COST_MODEL.md). Every op is roofline-bound:
+Equations (see COST_MODEL.md, next to this file). Every op is roofline-bound:
     t = max(bytes_read / bandwidth, flops / flop_rate)
 Decode runs each item on its home device (GPU home -> GPU, RAM or disk home -> CPU): streaming a
 block over PCIe per token costs bytes/B_pcie >= bytes/B_cpu whenever B_cpu >= B_pcie.
@@ -9,6 +9,7 @@ Prefill may stream an off-GPU block to the GPU instead (overlapped copy, so max(
 
 from __future__ import annotations
 
+from .. import measured_defaults
 from ..profile import Profile
 from .items import Item
 from .plan import device_of
@@ -16,17 +17,18 @@ from .plan import device_of
 MAX_CROSSOVER = 1 << 20  # tokens; beyond this we say streaming never wins
 
 
-# Share of the measured read bandwidth our CPU kernels reach in decode, per CPU weight format,
-# with weights in the huge-page arena and the one-token fast path (2 threads). The bandwidth is a
-# plain torch sum, which our prefetching GEMVs out-read (27B FFN kernels 98-120% of it,
-# bench/kernels.py; 27B int4 decode 110-122%, bench/run_27b_cpu.py), hence shares above 1.
-# Fitted together with the per-op cost (profile cpu.op_overhead, 80 us) to bench/compare_cpu.py's
-# mid model in three formats and bench/run_27b_cpu.py int4. `cpu.efficiency` overrides it.
-CPU_KERNEL_EFFICIENCY = {"int4": 1.1, "int8": 1.0, "bf16": 1.0, "fp32": 0.5}
+# Share of the measured read bandwidth our CPU kernels reach in decode, per CPU weight format (can
+# exceed 1: the bandwidth is a plain torch sum, which our prefetching GEMVs out-read). Measured on
+# the dev machine (measured_defaults.py says how); `cpu.efficiency` (written by `hetero-qwen probe`
+# for this machine) overrides it, as one share or one per format.
+CPU_KERNEL_EFFICIENCY = measured_defaults.CPU_KERNEL_EFFICIENCY.value
 
 
 def cpu_efficiency(p: Profile) -> float:
-    return p.cpu_efficiency or CPU_KERNEL_EFFICIENCY.get(p.cpu_dtype, 0.5)
+    e = p.cpu_efficiency
+    if isinstance(e, tuple):  # per format: ((fmt, share), ...)
+        e = dict(e).get(p.cpu_dtype)
+    return e or CPU_KERNEL_EFFICIENCY.get(p.cpu_dtype, 0.5)
 
 
 def tier_bandwidth(p: Profile, tier: str) -> float:

@@ -1,6 +1,6 @@
-"""Exact search for the GPU set: a dynamic program over the execution order.
+"""The `auto` policy's exact search for the GPU set: a dynamic program over the execution order.
 
-Objective (seconds per workload turn, see COST_MODEL.md):
+Objective (seconds per workload turn, see hetero_qwen/planner/COST_MODEL.md):
     sum_i cost_i(home_i) + sum of hop costs between consecutive ops (cyclic)
 subject to sum over GPU items of (weights + cache) <= VRAM room.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import STATES, STATE_INDEX, PlanContext
-from .cost import device_of
+from hetero_qwen.planner.context import STATES, STATE_INDEX, PlanContext
+from hetero_qwen.planner.cost import device_of
 
 
 def item_options(ctx: PlanContext, i: int, cap: int, extra_cpu_cost: float = 0.0) -> list[tuple]:

@@ -1,19 +1,19 @@
-"""`auto`: the cost-model optimum found by the dynamic program in `hetero_qwen.planner.search`.
+"""`auto`: the cost-model optimum found by the dynamic program in `auto_search.py`.
 
 Candidates per stream-slot size: the DP optimum with RAM free (exact whenever it fits in RAM); if
 it overflows RAM, DP optima with RAM priced per byte (a Lagrangian sweep starting at the cheapest
 disk-spill rate), which push weights to the GPU until RAM fits; and the `layers` and `ffn-cpu`
-placements, so `auto` is never predicted slower than either. The driver spills and picks the best.
+placements, so `auto` is never predicted slower than either. `hetero_qwen.planner.run_policy` spills and picks the best.
 """
 
 from __future__ import annotations
 
 from hetero_qwen.planner.build import tiers_for
 from hetero_qwen.planner.context import PlanContext
-from hetero_qwen.planner.search import optimal_homes
-from hetero_qwen.planner.spill import cheapest_spill_rate
+from hetero_qwen.planner.disk_spill import cheapest_spill_rate
 
 from . import ffn_cpu, layers
+from .auto_search import optimal_homes
 
 PRICE_STEPS = 6  # RAM prices tried: base * 4**k
 

@@ -10,7 +10,7 @@ from .advice import infeasible_message
 from .build import build_plan, tiers_for
 from .context import PlanContext
 from .plan import Plan
-from .spill import choose_spill, spill_candidates
+from .disk_spill import choose_spill, spill_candidates
 
 # policy(ctx, cap) -> candidate homes lists (one home per item, "gpu" | "cpu" | "disk")
 Chooser = Callable[[PlanContext, int], list]

@@ -1,4 +1,4 @@
-"""Checks for bugs that only a real CUDA device would show, run on the simulated GPU.
+"""Every tensor an op variant holds lives on that variant's device: checked on the simulated GPU.
 
 On the simulated GPU every tensor is a host tensor, so an op computing on "gpu" with a weight
 that was never placed there still runs (and matches). These tests record every tensor placed on
@@ -13,9 +13,9 @@ import torch
 
 import hetero_qwen
 from hetero_qwen.executor import devices as devices_mod
-from hf_models import hf_logits, make_hf_model, save_hf_model
 from executor_cases import CASES, IDS, profile
 from helpers import rel_err
+from hf_models import hf_logits, make_hf_model, save_hf_model
 
 
 @pytest.fixture
@@ -117,52 +117,6 @@ def test_tied_head_with_a_packed_cpu_embedding(fmt, hf_tied):
     ref = hf_logits(hf, IDS[:20])
     got = eng.logits(IDS[:20])
     assert rel_err(got, ref) < 0.1
-
-
-# ---- bench/gpu_check.py ----------------------------------------------------------------------
-def _gpu_check():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "bench" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SMALL_27B = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=32, linear_key_head_dim=16, linear_value_head_dim=24, linear_num_key_heads=2,
-                 linear_num_value_heads=6)
-
-
-def test_gpu_check_cut_checkpoint_loads_the_same_in_transformers(tmp_path):
-    """The speed part's random 27B cut (here shrunk, drawn on the CPU) is the same model for
-    hetero-qwen and for the HF accelerate baseline: no key left randomly initialised by HF."""
-    from transformers import AutoModelForCausalLM
-    gc = _gpu_check()
-    gc.write_27b_cut(tmp_path, 4, device="cpu", text_overrides=SMALL_27B)
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    eng = hetero_qwen.load(tmp_path, profile=profile("ffn-cpu"), quiet=True, dtype="fp32")
-    ids = IDS[:40]
-    assert rel_err(eng.logits(ids), hf_logits(hf, ids)) < 1e-3
-
-
-def test_gpu_check_accelerate_row_says_when_accelerate_is_missing(monkeypatch, tmp_path):
-    import importlib.util
-    from types import SimpleNamespace
-    gc = _gpu_check()
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
-    row = gc.accelerate_row(str(tmp_path), 1 << 30, [1, 2, 3], SimpleNamespace(decode=4))
-    assert "accelerate is not installed" in row["error"]
-
-
-def test_gpu_check_help_runs():
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).parent.parent
-    r = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--time-budget" in r.stdout
 
 
 def test_deltanet_snapshot_is_kept_in_host_memory():
