@@ -183,13 +183,13 @@ class Engine:
     def image_prompt(self, ids: list[int], images, session: Session):
         """`images` for a feed of `ids` as an ImagePrompt (None when there are none); one line
         when the prompt holds image placeholders the engine cannot fill."""
-        from .image_prompt import ImagePrompt
         if images is None:  # a lone generated placeholder is embedded as text, as transformers does
             if self.mm is not None and len(ids) > 1 and self.mm.image_token_id in ids:
                 raise InputError("the prompt holds image placeholder tokens but no image was attached")
             return None
         if self.vision is None:
             raise InputError(self.vision_note or "this model takes no images")
+        from .image_prompt import ImagePrompt
         if isinstance(images, ImagePrompt):
             if not images.covers(len(session.tokens), ids):
                 raise InputError("the image prompt does not cover the tokens fed")

@@ -217,3 +217,16 @@ def test_27b_plan_puts_the_tower_on_the_gpu_when_it_fits_else_ram():
     assert "vision tower" in render(on_gpu)
     text = make_plan(cfg, big, model="qwen3.6-27b")
     assert on_gpu.tiers["gpu"].used_bytes - text.tiers["gpu"].used_bytes == tower.bytes + mm.vision.working_bytes(16777216)
+
+
+def test_profile_vision_keys(tmp_path):
+    from hetero_qwen.errors import ProfileError
+    from hetero_qwen.profile import load_profile
+    p = tmp_path / "p.yaml"
+    p.write_text("vision: off\nimage_max_pixels: 1048576\n")
+    prof = load_profile(p)
+    assert prof.vision is False and prof.image_max_pixels == 1048576
+    assert load_profile(None).vision is True and load_profile(None).image_max_pixels is None
+    p.write_text("vision: maybe\n")
+    with pytest.raises(ProfileError, match=r"p.yaml:1: vision: 'maybe' is not true/false \(use on or off\)"):
+        load_profile(p)
