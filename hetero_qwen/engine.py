@@ -72,6 +72,8 @@ class Session:
         self.engine = engine
         self.caches = engine.runner.new_caches(1, engine.context)
         self.tokens: list[int] = []
+        self.rope_delta = 0   # next rotary position - token count (> 0 after an image: M-RoPE)
+        self.image_keys: list[tuple[int, str]] = []  # (token index, digest) of each image fed
 
     def close(self) -> None:
         """Give the caches' bytes back to their tiers (the caches are unusable afterwards)."""
@@ -89,37 +91,57 @@ class Session:
         for c in self.caches:
             c.reset()
         self.tokens = []
+        self.rope_delta, self.image_keys = 0, []
 
-    def snapshot(self) -> tuple[int, list]:
-        return len(self.tokens), [c.snapshot() for c in self.caches]
+    @property
+    def next_position(self) -> int:
+        """Rotary position of the next token fed (all three M-RoPE axes alike for text)."""
+        return len(self.tokens) + self.rope_delta
 
-    def restore(self, snap: tuple[int, list]) -> None:
-        n, snaps = snap
+    def snapshot(self) -> tuple:
+        return len(self.tokens), [c.snapshot() for c in self.caches], self.rope_delta, list(self.image_keys)
+
+    def restore(self, snap: tuple) -> None:
+        n, snaps, self.rope_delta, keys = snap
         for c, s in zip(self.caches, snaps):
             c.restore(s)
         self.tokens = self.tokens[:n]
+        self.image_keys = list(keys)
 
     @torch.inference_mode()
-    def feed(self, ids: list[int], all_logits: bool = False) -> torch.Tensor:
-        """Run `ids` after the cached tokens. Returns fp32 logits [len(ids), V] or [1, V] (last)."""
+    def feed(self, ids: list[int], all_logits: bool = False, images=None) -> torch.Tensor:
+        """Run `ids` after the cached tokens. Returns fp32 logits [len(ids), V] or [1, V] (last).
+
+        `images`: the vision_input.PreparedImages whose placeholder runs `ids` hold (in order), or
+        an image_prompt.ImagePrompt whose span covers `ids` at this point (the prompt cache's pieces)."""
         self.engine.check_ids(ids, already=len(self.tokens))
+        images = self.engine.image_prompt(ids, images, self)
         if len(ids) <= SMALL_BATCH:  # GEMVs: our CPU kernels' thread pool does the work
             with torch_single_threaded():
-                return self._feed(ids, all_logits)
-        return self._feed(ids, all_logits)
+                return self._feed(ids, all_logits, images)
+        return self._feed(ids, all_logits, images)
 
-    def _feed(self, ids: list[int], all_logits: bool) -> torch.Tensor:
+    def _feed(self, ids: list[int], all_logits: bool, images=None) -> torch.Tensor:
         runner = self.engine.runner
         outs = []
         step = self.engine.prefill_chunk
         for s in range(0, len(ids), step):
             chunk = ids[s:s + step]
+            at = len(self.tokens)
+            kw = {}
+            if images is not None:  # M-RoPE positions and the tower's rows for this chunk
+                pos = images.positions_for(at, len(chunk))
+                kw = {"positions": pos, "image_rows": images.rows_for(at, len(chunk), self.engine.encode_images)}
             last = not all_logits
             if last and s + step < len(ids):
-                runner.prefill_only(torch.tensor([chunk]), self.caches, len(self.tokens))  # no head needed
+                runner.prefill_only(torch.tensor([chunk]), self.caches, self.next_position, **kw)  # no head needed
             else:
-                outs.append(runner.forward(torch.tensor([chunk]), self.caches, len(self.tokens), last_only=last)[0])
+                outs.append(runner.forward(torch.tensor([chunk]), self.caches, self.next_position,
+                                           last_only=last, **kw)[0])
             self.tokens.extend(chunk)
+            if images is not None:
+                self.rope_delta = int(pos.max()) + 1 - len(self.tokens)
+                self.image_keys += [k for k in images.keys if at <= k[0] < len(self.tokens)]
         return torch.cat(outs) if all_logits else outs[-1]
 
 
@@ -135,6 +157,10 @@ class Engine:
         self._tokenizer = tokenizer
         self.plan = plan
         self.stats = Stats()
+        self.mm = None              # vision_config.MultimodalConfig of a checkpoint with a tower
+        self.vision = None          # model.vision.VisionWeights on vision_device; None: text only
+        self.vision_device = None   # executor Device the plan runs the tower on
+        self.vision_note = ""       # why images are refused (no tower, --text-only)
 
     # ---- tokenizer ------------------------------------------------------------------------
     @property
@@ -154,6 +180,35 @@ class Engine:
         if already + len(ids) > self.context:
             raise InputError(f"{already + len(ids)} tokens do not fit the context of {self.context} tokens "
                              f"({context_advice(self.context, self.cfg.max_position_embeddings)})")
+
+    # ---- images -----------------------------------------------------------------------------
+    def image_prompt(self, ids: list[int], images, session: Session):
+        """`images` for a feed of `ids` as an ImagePrompt (None when there are none); one line
+        when the prompt holds image placeholders the engine cannot fill."""
+        if images is None:  # a lone generated placeholder is embedded as text, as transformers does
+            if self.mm is not None and len(ids) > 1 and self.mm.image_token_id in ids:
+                raise InputError("the prompt holds image placeholder tokens but no image was attached")
+            return None
+        if self.vision is None:
+            raise InputError(self.vision_note or "this model takes no images")
+        from .image_prompt import ImagePrompt
+        if isinstance(images, ImagePrompt):
+            if not images.covers(len(session.tokens), ids):
+                raise InputError("the image prompt does not cover the tokens fed")
+            return images
+        if not len(images):
+            return self.image_prompt(ids, None, session)
+        return ImagePrompt(self.mm, ids, images, offset=len(session.tokens), start=session.next_position)
+
+    def encode_images(self, images) -> torch.Tensor:
+        """The tower on the plan's device: PreparedImages -> [placeholder tokens, H] rows."""
+        from .model.vision import vision_tower
+        dev = self.vision_device
+        t0 = time.perf_counter()
+        rows = vision_tower(self.vision, images.pixel_values.to(dev.torch), images.grid_thw)
+        dev.busy_seconds += time.perf_counter() - t0
+        self.stats.extra["image_tokens"] = self.stats.extra.get("image_tokens", 0) + rows.shape[0]
+        return rows
 
     # ---- public API -----------------------------------------------------------------------
     def session(self) -> Session:
@@ -193,14 +248,15 @@ class Engine:
                  top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, presence_penalty: float = 0.0,
                  repetition_penalty: float = 1.0, seed: int | None = None,
                  stop_ids: tuple[int, ...] | None = None, session: Session | None = None,
-                 params: SamplingParams | None = None) -> Iterator[int]:
-        """Stream new token ids. Stops after an eos/stop id (which is yielded) or max_new_tokens."""
+                 params: SamplingParams | None = None, images=None) -> Iterator[int]:
+        """Stream new token ids. Stops after an eos/stop id (which is yielded) or max_new_tokens.
+        `images`: vision_input.PreparedImages for the placeholder runs in `ids`, in order."""
         params = params or SamplingParams(temperature, top_p, top_k, min_p, presence_penalty,
                                           repetition_penalty, seed)
         return self._generate(list(ids), max_new_tokens, params,
-                              tuple(stop_ids) if stop_ids is not None else self.eos_ids, session)
+                              tuple(stop_ids) if stop_ids is not None else self.eos_ids, session, images)
 
-    def _generate(self, ids, max_new_tokens, params, stop, session) -> Iterator[int]:
+    def _generate(self, ids, max_new_tokens, params, stop, session, images=None) -> Iterator[int]:
         session = session or self.session()
         self.check_ids(ids, already=len(session.tokens))
         sampler = Sampler(params, session.tokens + ids, self.cfg.vocab_size)
@@ -208,7 +264,7 @@ class Engine:
         traffic0 = self.devices.traffic.snapshot()
         busy0 = {name: d.busy_seconds for name, d in self._devs()}
         try:
-            yield from self._loop(ids, max_new_tokens, stop, session, sampler, stats)
+            yield from self._loop(ids, max_new_tokens, stop, session, sampler, stats, images)
         finally:
             stats.extra.update(self.devices.traffic.since(traffic0).as_dict())
             stats.extra["seconds_by_device"] = {name: round(d.busy_seconds - busy0[name], 4) for name, d in self._devs()}
@@ -217,9 +273,9 @@ class Engine:
     def _devs(self):
         return [(name, d) for name, d in (("gpu", self.devices.gpu), ("cpu", self.devices.cpu)) if d is not None]
 
-    def _loop(self, ids, max_new_tokens, stop, session, sampler, stats):
+    def _loop(self, ids, max_new_tokens, stop, session, sampler, stats, images=None):
         t0 = time.perf_counter()
-        logits = session.feed(ids)[-1]
+        logits = session.feed(ids, images=images)[-1]
         stats.prefill_seconds = time.perf_counter() - t0
         gen = Generation(lambda t: session.feed(t)[-1], lambda: len(session.tokens), self.context,
                          logits, sampler, stop, max_new_tokens,

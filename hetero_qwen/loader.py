@@ -22,6 +22,7 @@ from . import profile_source
 from .executor.build import build_runner
 from .profile import Profile
 from .profile_checks import checked_profile
+from .vision_config import load_multimodal_config
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 
@@ -91,8 +92,10 @@ class TierProgress:
 
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
          context: int | None = None, quiet: bool = False, policy: str | None = None,
-         simulate_gpu: bool | None = None) -> Engine:
-    """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan."""
+         simulate_gpu: bool | None = None, text_only: bool = False,
+         image_max_pixels: int | None = None) -> Engine:
+    """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan.
+    `text_only` (or the profile's `vision: off`) neither plans nor loads the vision tower."""
     from placement_policies import make_plan
 
     if is_preset(path_or_preset):
@@ -109,8 +112,14 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     dtype = dtype or checkpoint_dtype(cfg)
     prof = resolve_profile(profile, quiet)
     prof = checked_profile(cfg, prof, context, say=lambda m: _say(m, quiet))  # context cap, overrides, threads
+    if text_only:
+        prof = prof.replace(vision=False)
+    if image_max_pixels:  # the tower's working set is planned for the largest image allowed
+        prof = prof.replace(image_max_pixels=image_max_pixels)
+    mm = load_multimodal_config(path)
     plan = make_plan(cfg, prof, policy=policy, model=str(path),
-                     compute_dtype="fp32" if dtype == torch.float32 else "bf16")
+                     compute_dtype="fp32" if dtype == torch.float32 else "bf16",
+                     vision=mm.vision if mm is not None else None)
     devices = make_devices(max(prof.vram - prof.gpu_reserve, 0) if prof.has_gpu else None,
                            max(prof.ram - prof.cpu_reserve, 0), simulate_gpu)
     if devices.gpu is not None and devices.gpu.simulated:
@@ -123,5 +132,32 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         bars.close()
     if devices.gpu is not None:
         runner.op_hook = working_set_hook(devices)
-    return Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
-                  plan=plan, prefill_chunk=prof.prefill_chunk)
+    engine = Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
+                    plan=plan, prefill_chunk=prof.prefill_chunk)
+    attach_vision(engine, ckpt, mm, plan, prof, dtype)
+    return engine
+
+
+def attach_vision(engine: Engine, ckpt: Checkpoint, mm, plan, prof: Profile, dtype: torch.dtype) -> None:
+    """The vision tower's weights onto the device the plan gives its group, charged to that tier;
+    without a tower (or with `vision: off`) images are refused with one line saying why."""
+    from .planner.plan import device_of
+    from .planner.vision import TOWER
+    runner = engine.runner
+    if mm is None:
+        engine.vision_note = "this checkpoint has no vision tower; it takes text only"
+        return
+    engine.mm = runner.mm = mm
+    runner.image_token_id, runner.mrope_section = mm.image_token_id, mm.mrope_section
+    if not prof.vision:
+        engine.vision_note = "images are off (--text-only or `vision: off` in the profile)"
+        return
+    from .model.vision import load_vision_weights
+    dev = engine.devices[device_of(plan.group(TOWER).home)]
+    try:
+        weights = load_vision_weights(ckpt, mm.vision, dtype, dev.torch)
+    except (KeyError, CheckpointError) as e:
+        engine.vision_note = f"this checkpoint's vision tower is incomplete ({e}); it takes text only"
+        return
+    dev.memory.alloc(weights.nbytes(), TOWER)
+    engine.vision, engine.vision_device = weights, dev

@@ -12,6 +12,8 @@
     prefill:   {chunk: 2048, stream: auto}   # tokens per forward; stream CPU blocks to the GPU: auto|on|off
     workload:  {prompt_tokens: 2048, output_tokens: 512}   # the turn `auto` optimises for
     server:    {prompt_cache: 4GiB}    # `serve`: host RAM for parked conversations' KV + DeltaNet copies
+    vision:    on                      # off: never load or plan the vision tower (as --text-only)
+    image_max_pixels: 16777216         # largest image the tower's working set is planned for (default: the processor's)
     overrides:                         # first regex match (re.search on the group name) wins
       - {match: 'layers\\.6[0-3]\\.mlp', home: gpu}
 
@@ -80,6 +82,8 @@ class Profile:
     prompt_tokens: int = 2048
     output_tokens: int = 512
     server_prompt_cache: int = 4 * 2**30  # `serve` keeps recent conversations' caches within this
+    vision: bool = True  # load and plan the vision tower of a checkpoint that has one
+    image_max_pixels: int | None = None  # the tower's working set at this image size; None: the checkpoint's processor's
     overrides: tuple[Override, ...] = ()
     source: str = "<defaults>"
 
@@ -166,6 +170,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "workload.prompt_tokens": ("prompt_tokens", _pos_int, "a positive number of tokens"),
     "workload.output_tokens": ("output_tokens", _pos_int, "a positive number of tokens"),
     "server.prompt_cache": ("server_prompt_cache", parse_size, "a size, e.g. 4GiB (0 keeps only the live one)"),
+    "vision": ("vision", _bool, "on or off"),
+    "image_max_pixels": ("image_max_pixels", _pos_int, "a positive number of pixels, e.g. 1048576"),
 }
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"overrides"})
 

@@ -33,12 +33,21 @@ def check_policy(name: str, source: str = "profile") -> str:
 
 
 def make_plan(cfg: ModelConfig, profile: Profile, policy: str | None = None,
-              context: int | None = None, model: str = "model", compute_dtype: str = "bf16") -> Plan:
+              context: int | None = None, model: str = "model", compute_dtype: str = "bf16",
+              vision=None) -> Plan:
     """The best plan of `policy` (default: the profile's) for `cfg` within `profile`'s budgets,
     in the formats this checkpoint and compute dtype allow (planner.formats.resolve_formats).
+    `vision` (a VisionConfig) adds the vision tower as a group (planner/vision.py) unless the
+    profile says `vision: off`.
     Raises PlanError (one line: what is missing, which knob fixes it) when nothing fits."""
     if context is not None:
         profile = profile.replace(context=context)
     profile = resolve_formats(cfg, profile, compute_dtype)
     name = check_policy(policy or profile.policy, "--policy" if policy else profile.source)
-    return run_policy(PlanContext(cfg, profile, model), name, POLICIES[name])
+    if vision is None or not profile.vision:
+        return run_policy(PlanContext(cfg, profile, model), name, POLICIES[name])
+    from hetero_qwen.planner.vision import max_pixels_for, plan_with_tower
+    profile = profile.replace(image_max_pixels=max_pixels_for(profile, model))
+    return plan_with_tower(lambda prof: run_policy(PlanContext(cfg, resolve_formats(cfg, prof, compute_dtype), model),
+                                                   name, POLICIES[name]),
+                           profile, vision, 4 if compute_dtype == "fp32" else 2, compute_dtype)

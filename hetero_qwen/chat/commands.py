@@ -13,6 +13,7 @@ HELP = """\
 commands:
   /think on|off      thinking before answering (enable_thinking); also picks that mode's sampling
   /preserve on|off   keep earlier replies' reasoning in the prompt (preserve_thinking)
+  /image PATH        attach an image to the next message (repeat for several; /image off drops them)
   /system TEXT       set the system prompt (/system alone shows it, /system off removes it)
   /reset             start a new conversation (the system prompt stays)
   /save FILE         write the conversation as OpenAI-style messages JSON (a new file)
@@ -35,8 +36,9 @@ class SlashCommands:
         self.conversation = conversation
         self.out = out
         self.table: dict[str, Callable[[str], bool | None]] = {
-            "think": self.think, "preserve": self.preserve, "system": self.system, "reset": self.reset,
-            "save": self.save, "save!": self.save_over, "load": self.load, "stats": self.stats, "help": self.help,
+            "think": self.think, "image": self.image, "preserve": self.preserve, "system": self.system,
+            "reset": self.reset, "save": self.save, "save!": self.save_over, "load": self.load, "stats": self.stats,
+            "help": self.help,
             "exit": self.exit, "quit": self.exit,
         }
 
@@ -58,6 +60,25 @@ class SlashCommands:
         settings = self.conversation.settings
         settings.think = _on_off("/think", arg, settings.think)
         self.out.info(f"thinking {'on' if settings.think else 'off'} · sampling {describe_sampling(settings)}")
+
+    def image(self, arg: str) -> None:
+        images = self.conversation.images
+        if not arg:
+            n = len(images.pending)
+            self.out.info(f"{n} image{'s' if n != 1 else ''} attached to the next message" if n else
+                          "no image attached (/image PATH attaches one to the next message)")
+            return
+        if arg == "off":
+            images.pending = []
+            self.out.info("attached images dropped")
+            return
+        prep = images.attach(arg)
+        for note in prep.notes:
+            self.out.info(note)
+        _, h, w = prep.grid_thw[0].tolist()
+        patch = self.conversation.engine.mm.vision.patch_size
+        self.out.info(f"image {prep.paths[0].name} attached to the next message "
+                      f"({w * patch}x{h * patch} pixels, {prep.token_counts[0]} tokens)")
 
     def preserve(self, arg: str) -> None:
         settings = self.conversation.settings
@@ -90,8 +111,13 @@ class SlashCommands:
     def load(self, arg: str) -> None:
         if not arg:
             raise InputError("usage: /load FILE")
-        self.conversation.replace(load_messages(arg))
-        self.out.info(f"loaded {len(self.conversation.history())} messages from {arg}")
+        messages = load_messages(arg)
+        images = self.conversation.images.images_in(messages)  # every image readable, before anything changes
+        self.conversation.replace(messages)
+        for note in (n for p in images for n in p.notes if "changed since" in n):
+            self.out.info(note)
+        extra = f" with {len(images)} image{'s' if len(images) != 1 else ''}" if images else ""
+        self.out.info(f"loaded {len(self.conversation.history())} messages{extra} from {arg}")
 
     def stats(self, arg: str) -> None:
         c = self.conversation
@@ -118,7 +144,9 @@ class SlashCommands:
 
 def reply_stats(turn) -> str:
     s = turn.sync
-    return (f"{s.prefilled} prompt tokens at {s.tokens_per_s:.0f} tok/s ({s.reused} cached) · "
+    images = getattr(turn, "image_tokens", [])
+    shown = (f" · {len(images)} image{'s' if len(images) != 1 else ''}: {sum(images)} tokens" if images else "")
+    return (f"{s.prefilled} prompt tokens at {s.tokens_per_s:.0f} tok/s ({s.reused} cached){shown} · "
             f"{len(turn.tokens)} generated at {turn.decode_tokens_per_s:.1f} tok/s")
 
 

@@ -48,6 +48,8 @@ class ChatSettings:
     max_new_tokens: int | None = None  # None: until an end token or the context is full
     ignore_eos: bool = False        # keep generating past end tokens (for tests and benchmarks)
     seed: int | None = None
+    image_min_pixels: int | None = None  # image pixel budget (None: the processor's)
+    image_max_pixels: int | None = None
 
     def preset_name(self) -> str:
         return self.preset or (THINKING_PRESET if self.think else INSTRUCT_PRESET)
@@ -77,6 +79,7 @@ class Turn:
         self.sync = sync
         self.params = params
         self.starts_in_think = ends_inside_think(prompt_text)
+        self.image_tokens: list[int] = []  # placeholder tokens of each image this message attached
         sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
         sampler.generator = conversation.generator  # one seeded stream for the whole chat
         cache = conversation.cache
@@ -150,6 +153,8 @@ class Conversation:
                                    else int(torch.seed() % 2**63))
         self.last_turn: Turn | None = None
         self.decoded_total = 0
+        from .images import ChatImages
+        self.images = ChatImages(engine, self.settings.image_min_pixels, self.settings.image_max_pixels)
 
     # ---- history ---------------------------------------------------------------------------
     def history(self, messages: list[dict] | None = None) -> list[dict]:
@@ -181,15 +186,20 @@ class Conversation:
         """Add a user message and prefill up to the reply. The message joins the history only
         if this succeeds (raises ContextFull, prompt_cache.Interrupted, InputError)."""
         params = self.settings.sampling()
-        messages = self.messages + [{"role": "user", "content": text}]
+        attached = list(self.images.pending)
+        messages = self.messages + [{"role": "user", "content": self.images.content(text)}]
         prompt = self.render(self.history(messages), add_generation_prompt=True)
-        ids = self.tokenizer.encode(prompt)
+        ids, images, _ = self.images.prompt(self.history(messages), self.tokenizer.encode(prompt))
         if len(ids) >= self.engine.context:
-            raise ContextFull(context_full_message(len(ids), self.engine.context))
-        logits = self.cache.sync(ids, marks=[self._next_divergence(messages, ids)], should_stop=should_stop)
+            raise ContextFull(context_full_message(len(ids), self.engine.context)
+                              + (" (images take many tokens: --image-max-pixels lowers that)" if images else ""))
+        logits = self.cache.sync(ids, marks=[self._next_divergence(messages, ids)], should_stop=should_stop,
+                                 images=images)
         self.messages = messages
+        self.images.pending = []
         stops = frozenset() if self.settings.ignore_eos else frozenset([*self.engine.eos_ids, *self.tokenizer.eos_ids])
         turn = Turn(self, prompt, ids, logits, self.cache.last, params, stops)
+        turn.image_tokens = [c for p in attached for c in p.token_counts]
         self.last_turn = turn
         return turn
 
@@ -202,7 +212,9 @@ class Conversation:
 
     def _next_divergence(self, messages: list[dict], ids: list[int]) -> int:
         """Where the next turn's prompt will likely first differ from `ids`."""
-        return next_divergence(lambda m: self.render(m, add_generation_prompt=False), self.tokenizer.encode,
+        widen = self.images.expander(self.history(messages))
+        return next_divergence(lambda m: self.render(m, add_generation_prompt=False),
+                               lambda text: widen(self.tokenizer.encode(text)),
                                self.history(messages), ids, self.settings.think)
 
 

@@ -58,6 +58,7 @@ class PromptCache:
         self.prefilled_total = 0
         self.last = SyncStats()
         self._t0, self._keep = time.perf_counter(), set()  # the sync in progress (prepare -> record_end)
+        self._images = None  # image_prompt.ImagePrompt of the prompt being synced (positions, image rows)
 
     @property
     def tokens(self) -> list[int]:
@@ -75,20 +76,22 @@ class PromptCache:
         self.snapshots = []
 
     def sync(self, ids: Sequence[int], marks: Sequence[int] = (),
-             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+             should_stop: Callable[[], bool] | None = None, images=None) -> torch.Tensor:
         """Make the caches hold exactly `ids`; return the fp32 logits [V] after the last one.
 
         Snapshots are taken at each position in `marks` that gets fed, and at the end.
+        `images`: an image_prompt.ImagePrompt over all of `ids` (from token 0) when they hold images;
+        a cached image is reused only if its content digest matches (a changed image is re-read).
         Raises Interrupted (caches consistent, at a chunk boundary) when `should_stop()` turns true.
         """
         ids = list(ids)
-        self.prepare(ids, marks, should_stop)
+        self.prepare(ids, marks, should_stop, images)
         logits = self._feed_to(ids, len(ids), should_stop)
         self.record_end()
         return logits
 
     def prepare(self, ids: Sequence[int], marks: Sequence[int] = (),
-                should_stop: Callable[[], bool] | None = None) -> list[int]:
+                should_stop: Callable[[], bool] | None = None, images=None) -> list[int]:
         """The first half of a sync, for callers that run the prompt's tail through
         `Engine.generate` themselves: rewind to the longest reusable prefix of `ids`, feed up to
         the last mark before the end (snapshotting each mark) and return the ids still to feed
@@ -98,7 +101,10 @@ class PromptCache:
         if not ids:
             raise ValueError("sync needs at least one token")
         self._t0 = time.perf_counter()
-        self._rewind(min(common_prefix(self.tokens, ids), len(ids) - 1))  # at least the last is fed
+        self._images = images
+        reuse = same_images_prefix(self.session.image_keys, images.keys if images is not None else [],
+                                   common_prefix(self.tokens, ids))
+        self._rewind(min(reuse, len(ids) - 1))  # at least the last is fed
         start = len(self.tokens)
         self.last = SyncStats(reused=start)
         self._keep = {m for m in marks if m < len(ids)}
@@ -124,16 +130,17 @@ class PromptCache:
             if should_stop is not None and should_stop():
                 raise Interrupted()  # snapshots taken so far stay usable
             piece = ids[len(self.tokens):min(stop, len(self.tokens) + self.chunk)]
-            logits = self.feed(piece)
+            logits = self.feed(piece, self._images)
             self.last.prefilled += len(piece)
             self.prefilled_total += len(piece)
         return logits
 
-    def feed(self, ids: list[int]) -> torch.Tensor:
+    def feed(self, ids: list[int], images=None) -> torch.Tensor:
         """Run `ids` after the cached tokens -> logits [V] of the last one. A failure part-way
         (a second Ctrl-C, out of memory) leaves layers out of step, so the caches are dropped."""
         try:
-            return self.session.feed(ids)[-1]
+            out = self.session.feed(ids) if images is None else self.session.feed(ids, images=images)
+            return out[-1]
         except BaseException:
             self.clear()
             raise
@@ -147,6 +154,16 @@ class PromptCache:
             self.session.restore(self.snapshots[-1][1])
         else:
             self.session.reset()
+
+
+def same_images_prefix(cached: Sequence[tuple[int, str]], wanted: Sequence[tuple[int, str]], prefix: int) -> int:
+    """`prefix` (tokens equal) cut back to the first cached image, within it, whose content
+    digest the new prompt does not have at the same place: placeholders alone never match an image."""
+    wanted = set(wanted)
+    for key in cached:
+        if key[0] < prefix and key not in wanted:
+            return key[0]
+    return prefix
 
 
 def next_divergence(render: Callable[[list[dict]], str], encode: Callable[[str], list[int]],

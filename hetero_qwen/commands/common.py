@@ -19,6 +19,11 @@ TopKOpt = typer.Option(None, "--top-k")
 MinPOpt = typer.Option(None, "--min-p")
 PresencePenaltyOpt = typer.Option(None, "--presence-penalty")
 RepetitionPenaltyOpt = typer.Option(None, "--repetition-penalty")
+ImageMinPixelsOpt = typer.Option(None, "--image-min-pixels", min=1,
+                                 help="Smallest image size in pixels (default: the checkpoint's processor's)")
+ImageMaxPixelsOpt = typer.Option(None, "--image-max-pixels", min=1,
+                                 help="Largest image size in pixels; bigger images are resized (default: the processor's)")
+TextOnlyOpt = typer.Option(False, "--text-only", help="Skip the vision tower: no images, its memory freed")
 DtypeOpt = typer.Option(None, "--dtype", help="Compute dtype: bf16 | fp32 (default: checkpoint's)")
 
 

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = typer.Option(None, "--policy", help="auto | layers | ffn-cpu (default: the profile's)"),
         context: Optional[int] = typer.Option(None, "--context", min=1, help="tokens of KV cache (default: the profile's)"),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+        text_only: bool = typer.Option(False, "--text-only", help="plan without the vision tower"),
     ):
         """Plan weight/cache placement for a model and a memory budget; print the report or JSON."""
         from placement_policies import make_plan
@@ -30,9 +31,11 @@ def register(app: typer.Typer) -> None:
             print(f"note: no --model: planning the {DEFAULT_MODEL} preset", file=sys.stderr)
         cfg = load_config(model)
         from ..profile_checks import checked_profile
+        from ..vision_config import load_multimodal_config
         prof = checked_profile(cfg, resolve_profile(profile), context, say=lambda m: print(m, file=sys.stderr),
                                clamp_threads=False)
-        result = make_plan(cfg, prof, policy=policy, model=str(model))
+        mm = None if text_only else load_multimodal_config(model)
+        result = make_plan(cfg, prof, policy=policy, model=str(model), vision=mm.vision if mm is not None else None)
         if as_json:
             print(result.to_json())
         else:

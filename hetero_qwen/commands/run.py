@@ -13,7 +13,7 @@ import typer
 from ..errors import ContextLimitReached, InputError
 from ..interrupts import Interrupted, Terminated, signal_point
 from ..sampling import PRESETS
-from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -48,12 +48,23 @@ def generate(
     repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1),
     dtype: Optional[str] = DtypeOpt,
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image for the --chat prompt (repeatable)"),
+    image_min_pixels: Optional[int] = ImageMinPixelsOpt,
+    image_max_pixels: Optional[int] = ImageMaxPixelsOpt,
+    text_only: bool = TextOnlyOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text"),
     stats: bool = typer.Option(False, "--stats", help="Print timing statistics to stderr"),
 ) -> None:
     """Generate a continuation of a prompt."""
     if (prompt is None) == (prompt_ids is None):
         raise InputError("give exactly one of --prompt or --prompt-ids")
+    images = list(image or [])
+    if images and not chat:
+        raise InputError("--image needs --chat (the image goes into the user message)")
+    if images and prompt is None:
+        raise InputError("--image needs --prompt (the question about the image)")
+    if images and text_only:
+        raise InputError("--image and --text-only exclude each other")
     if preset not in PRESETS:
         raise InputError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     try:
@@ -63,10 +74,15 @@ def generate(
     except ValueError as e:
         raise InputError(str(e)) from None
     from ..loader import load
-    engine = load(resolve_model(model), profile=profile, dtype=dtype)
+    engine = load(resolve_model(model), profile=profile, dtype=dtype, text_only=text_only,
+                  image_max_pixels=image_max_pixels)
     tok = None
+    prepared = None
     if prompt_ids is not None:
         ids = _parse_ids(prompt_ids)
+    elif images:
+        tok = engine.tokenizer
+        ids, prepared = image_chat_prompt(engine, prompt, images, think, image_min_pixels, image_max_pixels)
     else:
         tok = engine.tokenizer
         ids = tok.encode_chat([{"role": "user", "content": prompt}], enable_thinking=think) if chat else tok.encode(prompt)
@@ -77,7 +93,7 @@ def generate(
         decoder = tok.stream_decoder() if tok else None
     stop_reason, stopped = None, None
     try:
-        for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params):
+        for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params, images=prepared):
             out.append(t)
             if decoder is not None:
                 sys.stdout.write(decoder.feed(t))
@@ -114,6 +130,23 @@ def generate(
             f"peak bytes {d['peak_bytes']}")
         if engine.plan is not None:
             say(engine.plan_summary)
+
+
+def image_chat_prompt(engine, prompt: str, paths: list[Path], think: bool, min_pixels, max_pixels):
+    """One user message of the images then the prompt -> (ids with each image's placeholders,
+    the prepared images). Bad files, a missing tower, a prompt beyond the context: one line."""
+    from ..image_prompt import expand_image_pads
+    from ..vision_input import check_fits, load_image_processor, prepare_images
+    if engine.vision is None:
+        raise InputError(engine.vision_note or "this model takes no images")
+    prep = prepare_images(load_image_processor(engine.path, min_pixels, max_pixels), paths)
+    for note in prep.notes:
+        say(note)
+    content = [{"type": "image", "image": str(p)} for p in paths] + [{"type": "text", "text": prompt}]
+    ids = engine.tokenizer.encode_chat([{"role": "user", "content": content}], enable_thinking=think)
+    ids = expand_image_pads(ids, prep.token_counts, engine.mm)
+    check_fits(len(ids), engine.context)
+    return ids, prep
 
 
 def _maybe_tokenizer(engine):

@@ -17,6 +17,7 @@ import torch
 from ..config import FULL, ModelConfig
 from ..model.layers import rms_norm
 from ..model.qwen3_5 import new_cache
+from ..model.mrope import MRope
 from ..model.rope import Rope
 from ..model.scratch import op_scope
 from .devices import Device, Devices
@@ -57,6 +58,9 @@ class Runner:
         self.host_arena = None      # host_arena.HostArena holding CPU-resident weights
         self.disk = None            # devices.MemoryTier of memory-mapped weights
         self._ropes: dict[str, Rope] = {}
+        self.image_token_id = -1                 # placeholder id whose embeddings image rows replace
+        self.mrope_section: tuple | None = None  # the checkpoint's M-RoPE sections (image prompts)
+        self._mropes: dict[str, MRope] = {}
 
     # ---- caches ------------------------------------------------------------------------------
     def cache_device(self, i: int) -> Device:
@@ -79,9 +83,15 @@ class Runner:
             c.owner.memory.free(c.nbytes(), f"{layer.mixer.name} cache")
 
     # ---- one forward -------------------------------------------------------------------------
-    def _cos_sin(self, dev: Device, start: int, T: int, tables: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [T, rotary_dim] for this forward on `dev`: built once per forward and device."""
-        if dev.name not in tables:
+    def _cos_sin(self, dev: Device, start: int, T: int, tables: dict,
+                 positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [T, rotary_dim] for this forward on `dev`: built once per forward and device.
+        `positions` [3, T] (M-RoPE, a chunk holding images) replaces start.. when given."""
+        if dev.name not in tables and positions is not None:
+            if dev.name not in self._mropes:
+                self._mropes[dev.name] = MRope(self.cfg, self.mrope_section or (11, 11, 10), dev.torch)
+            tables[dev.name] = self._mropes[dev.name].cos_sin(positions, self.dtype)
+        elif dev.name not in tables:
             if dev.name not in self._ropes:
                 self._ropes[dev.name] = Rope(self.cfg, dev.torch)
             positions = torch.arange(start, start + T, device=dev.torch)  # made there: no host copy
@@ -113,24 +123,34 @@ class Runner:
             order.append(self.head.name)
         self.prefetcher.begin(order)
 
-    def _fast_path(self, B: int, T: int):
+    def _fast_path(self, B: int, T: int, images: bool = False):
+        if images:  # explicit M-RoPE positions or image rows: the generic path takes them
+            return None
         hook_ok = self.op_hook is None or getattr(self.op_hook, "gpu_only", False)  # fast layers are CPU-only
         if T == 1 and B == 1 and hook_ok and self.cpu_decode is not None and self.cpu_decode.enabled():
             return self.cpu_decode
         return None
 
-    def hidden(self, ids: torch.Tensor, caches: list, start: int, with_head: bool = False, last_only: bool = False):
+    def hidden(self, ids: torch.Tensor, caches: list, start: int, with_head: bool = False, last_only: bool = False,
+               positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None):
         """ids [B, T] at positions start.. -> (hidden, its device, fp32 residual or None).
 
-        The hidden state is before the final norm, [B, T', H]; when the last layers ran on the
-        one-token CPU fast path, the fp32 residual [1, H] they kept is returned too (the fast head reads it)."""
+        `start` is the rotary position of the first token (token count + the session's rope delta
+        after an image). A chunk holding image tokens passes `positions` [3, T] (M-RoPE) and
+        `image_rows` [n, H], the tower's output for its n placeholder tokens (B = 1), which replace
+        their embeddings. The hidden state is before the final norm, [B, T', H]; when the last
+        layers ran on the one-token CPU fast path, the fp32 residual [1, H] they kept is returned
+        too (the fast head reads it)."""
         B, T = ids.shape
         x = self.embed[ids.to(self.embed.device)].to(self.dtype)
+        if image_rows is not None and image_rows.shape[0]:
+            mask = (ids == self.image_token_id).to(x.device)
+            x[mask] = image_rows.to(x.device, x.dtype)
         cur = self.embed_device
         if self.prefetcher is not None:
             self._begin_streaming(T, with_head, last_only)
         tables: dict = {}
-        fast = self._fast_path(B, T)
+        fast = self._fast_path(B, T, positions is not None or image_rows is not None)
         x32 = None  # the fp32 residual while consecutive layers take the fast path
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             run = fast.layers[i] if fast is not None else None
@@ -153,7 +173,7 @@ class Runner:
                 x, x32 = x32.to(self.dtype).view(B, T, -1), None
             if layer.kind == FULL:
                 dev = self.devices[layer.mixer.device_for(T)]
-                out, cur, x = self._run(layer.mixer, x, cur, T, cache, *self._cos_sin(dev, start, T, tables))
+                out, cur, x = self._run(layer.mixer, x, cur, T, cache, *self._cos_sin(dev, start, T, tables, positions))
             else:
                 out, cur, x = self._run(layer.mixer, x, cur, T, cache)
             x = x + out
@@ -165,9 +185,11 @@ class Runner:
             x = x[:, -1:]
         return x, cur, x32
 
-    def forward(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False,
+                positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits fp32 [B, T, vocab] (or [B, 1, vocab] with last_only), on the CPU."""
-        x, cur, x32 = self.hidden(ids, caches, start, with_head=True, last_only=last_only)
+        x, cur, x32 = self.hidden(ids, caches, start, with_head=True, last_only=last_only,
+                                  positions=positions, image_rows=image_rows)
         if x32 is not None and self.cpu_decode.head is not None:  # the fast path ran up to here
             t0 = time.perf_counter()
             logits = self.cpu_decode.logits(x32)
@@ -176,7 +198,8 @@ class Runner:
         logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
         return self.devices.logits_to_host(logits, dev)
 
-    def prefill_only(self, ids: torch.Tensor, caches: list, start: int) -> None:
+    def prefill_only(self, ids: torch.Tensor, caches: list, start: int,
+                     positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None) -> None:
         """Fill the caches without computing logits (all but the last prefill chunk): the head is
         neither run nor prefetched."""
-        self.hidden(ids, caches, start)
+        self.hidden(ids, caches, start, positions=positions, image_rows=image_rows)

@@ -43,6 +43,10 @@ def render(plan: Plan) -> str:
     out += ["", f"placement ({LEGEND}):"] + layer_map(plan)
     out += [f"  embed {cell(embed)}   head {cell(head)}   KV cache: {plan.kv_home}   "
             f"DeltaNet state: {plan.state_home}   stream slot: {fmt_bytes(plan.stream_slot_bytes)}"]
+    tower = next((g for g in plan.groups if g.kind == "vision"), None)
+    if tower is not None:
+        out.append(f"  vision tower {cell(tower)} ({fmt_bytes(tower.bytes)} {tower.dtype}; runs once per image "
+                   f"prompt, at prefill)")
     t = pr.decode_time_s
     read = pr.decode_bytes
     out += ["", f"predicted (prompt {pr.prefill_tokens} tokens, then decode at mean position {pr.position:g}):",
