@@ -1,0 +1,127 @@
+"""MTP speculative decoding: the MTP layer against a plain reference, rollback by state slots, the
+speculative decode loop against plain decoding, and the acceptance rule's distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import rel_err
+from mtp_fixtures import add_mtp
+from mtp_reference import reference_mtp
+
+import hetero_qwen
+from hetero_qwen.checkpoint import Checkpoint
+from hetero_qwen.config import load_config
+from hetero_qwen.errors import CheckpointError, InputError
+
+PROMPT = [(13 * i + 7) % 300 + 1 for i in range(24)]
+PROFILE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256}
+
+
+@pytest.fixture(scope="module")
+def mtp_ckpt(hf_causal, tmp_path_factory):
+    """(HF model, dir): the tiny causal checkpoint with random mtp.* tensors added."""
+    model, path = hf_causal
+    return model, add_mtp(path, tmp_path_factory.mktemp("mtp") / "ckpt")
+
+
+def load(path, dtype="fp32", **profile):
+    return hetero_qwen.load(path, dtype=dtype, quiet=True, profile={**PROFILE, **profile})
+
+
+def test_mtp_groups_of_the_27b_shape():
+    cfg = load_config("qwen3.6-27b")
+    groups = cfg.mtp_weight_groups()
+    assert [g.name for g in groups] == ["mtp", "mtp.layers.0.self_attn", "mtp.layers.0.mlp"]
+    assert dict(groups[0].matrices)["fc.weight"] == (5120, 10240)
+    assert 424e6 < sum(g.params for g in groups) < 426e6  # ~0.85 GB in bf16
+    assert not load_config("qwen3.6-27b").weight_groups()[-1].name.startswith("mtp")
+
+
+def test_checkpoint_without_mtp_loads_with_mtp_off(hf_causal, tmp_path, capsys):
+    _, path = hf_causal
+    eng = hetero_qwen.load(path, dtype="fp32", profile=PROFILE)
+    assert eng.mtp is None and eng.speculation(None, None) == 0
+    with pytest.raises(InputError, match="no MTP layer"):
+        list(eng.generate(PROMPT, max_new_tokens=2, mtp=True))
+    # config.json declares an MTP layer but the tensors are gone (as quantizers often leave them)
+    import json
+    import shutil
+    shutil.copytree(path, tmp_path / "c")
+    raw = json.loads((tmp_path / "c" / "config.json").read_text())
+    raw["mtp_num_hidden_layers"] = 1
+    (tmp_path / "c" / "config.json").write_text(json.dumps(raw))
+    capsys.readouterr()
+    eng = hetero_qwen.load(tmp_path / "c", dtype="fp32", profile=PROFILE)
+    err = capsys.readouterr().err
+    assert eng.mtp is None
+    assert [ln for ln in err.splitlines() if "MTP" in ln] == [
+        "MTP speculative decoding is off: the checkpoint has no mtp.fc.weight"]
+    with pytest.raises(CheckpointError, match="cannot use MTP"):
+        hetero_qwen.load(tmp_path / "c", dtype="fp32", profile=PROFILE, quiet=True, mtp=True)
+
+
+def test_mtp_layer_equals_reference(mtp_ckpt):
+    """Draft logits after a prompt (the pairs (h_p, x_{p+1}) the session pushed, h from the HF model
+    after its final norm) and a second draft on the layer's own output, against the reference."""
+    model, path = mtp_ckpt
+    eng = load(path)
+    ckpt = Checkpoint(path, eng.cfg)
+    t = {n: ckpt.get(n).float() for n in ckpt.names("mtp.")}
+    embed, head = ckpt.get("model.embed_tokens.weight").float(), ckpt.get("lm_head.weight").float()
+    s = eng.session()
+    s.feed(PROMPT)
+    token = 77
+    seen = []
+    drafts, _ = s.draft(token, 2, lambda lg: (seen.append(lg) or int(lg.argmax()), None))
+    assert len(drafts) == 2 and len(seen) == 2
+    with torch.no_grad():
+        h = model.model(torch.tensor([PROMPT])).last_hidden_state[0].float()
+    n = len(PROMPT)
+    out, logits, kv = reference_mtp(t, eng.cfg, embed, head, PROMPT[1:] + [token], h, list(range(n)))
+    assert rel_err(seen[0], logits[-1]) < 1e-4
+    _, logits2, _ = reference_mtp(t, eng.cfg, embed, head, [drafts[0]], out[-1:], [n], past_kv=kv)
+    assert rel_err(seen[1], logits2[-1]) < 1e-4
+    assert drafts == [int(logits[-1].argmax()), int(logits2[-1].argmax())]
+
+
+def _cache_state(session):
+    out = []
+    for c in session.caches:
+        if hasattr(c, "keep_slots"):
+            out.append(("state", c.conv.clone(), c.state.clone()))
+        else:
+            out.append(("kv", c.length, c.k[:, :, :c.length].clone(), c.v[:, :, :c.length].clone()))
+    return out
+
+
+def _assert_caches_equal(a, b, tol=1e-5):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x[0] == y[0]
+        if x[0] == "kv":
+            assert x[1] == y[1]
+            assert (x[2] - y[2]).abs().max() <= tol and (x[3] - y[3]).abs().max() <= tol
+        else:
+            assert (x[1] - y[1]).abs().max() <= tol
+            assert (x[2] - y[2]).abs().max() <= tol * max(1.0, float(y[2].abs().max()))
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 5])
+def test_rollback_equals_feeding_only_the_kept_tokens(mtp_ckpt, keep):
+    """Verify 5 tokens, keep the first `keep`: every KV cache and DeltaNet state equals a session
+    that was only ever fed those tokens, and so does the next step's logits."""
+    _, path = mtp_ckpt
+    eng = load(path)
+    follow = [11, 250, 37, 99, 5]
+    a, b = eng.session(), eng.session()
+    a.feed(PROMPT)
+    b.feed(PROMPT)
+    a.verify(follow)
+    a.commit(keep)
+    for t in follow[:keep]:
+        b.feed([t])
+    assert a.tokens == b.tokens
+    _assert_caches_equal(_cache_state(a), _cache_state(b))
+    assert a.mtp.positions == b.mtp.positions and a.mtp.last[0] == b.mtp.last[0]
+    assert rel_err(a.feed([42])[-1], b.feed([42])[-1]) < 1e-5
