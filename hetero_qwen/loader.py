@@ -137,14 +137,14 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         runner = build_runner(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars)
     finally:
         bars.close()
-    drafter = _load_mtp(ckpt, runner, plan, mtp, quiet)
+    drafter = _load_mtp(ckpt, runner, plan, mtp, quiet, prof.context)
     if devices.gpu is not None:
         runner.op_hook = working_set_hook(devices)
     return Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
                   plan=plan, prefill_chunk=prof.prefill_chunk, mtp=drafter)
 
 
-def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool):
+def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool, context: int):
     """The MTP drafter in the head's placement, or None (said in one line when the config declares
     an MTP layer the checkpoint lacks, as quantizers often leave it out)."""
     if mtp is False:
@@ -157,6 +157,13 @@ def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool):
             _say(f"MTP speculative decoding is off: {why}", quiet)
         return None
     from .executor.build import _kernels
-    from .executor.mtp import build_mtp
+    from .executor.mtp import build_mtp, mtp_placement
     head = next(g for g in plan.groups if g.kind == "head")
-    return build_mtp(ckpt, runner, head, _kernels())
+    place = mtp_placement(ckpt.cfg, plan, head, context, runner.dtype)
+    if place is None:
+        if mtp:
+            raise ConfigError("cannot use MTP: its weights and KV cache do not fit the memory the plan leaves free")
+        _say("MTP speculative decoding is off: its weights and KV cache do not fit the memory the plan leaves free",
+             quiet)
+        return None
+    return build_mtp(ckpt, runner, place, _kernels())

@@ -125,3 +125,95 @@ def test_rollback_equals_feeding_only_the_kept_tokens(mtp_ckpt, keep):
     _assert_caches_equal(_cache_state(a), _cache_state(b))
     assert a.mtp.positions == b.mtp.positions and a.mtp.last[0] == b.mtp.last[0]
     assert rel_err(a.feed([42])[-1], b.feed([42])[-1]) < 1e-5
+
+
+# ---- the speculative decode loop ---------------------------------------------------------------
+
+class OracleDrafts:
+    """Drafts from a known continuation with every third draft wrong, over a real session: drives
+    SpeculativeGeneration through full accepts, partial accepts and rejects (random MTP weights
+    accept almost nothing)."""
+
+    def __init__(self, session, start: int, future: list[int]):
+        self.session, self.start, self.future = session, start, future
+        self.verify, self.commit = session.verify, session.commit
+        self.calls = 0
+
+    def draft(self, token, k, pick):
+        at = len(self.session.tokens) - self.start + 1  # index in `future` of the token after `token`
+        out = []
+        for i in range(k):
+            self.calls += 1
+            t = self.future[at + i] if at + i < len(self.future) else 3
+            out.append((t + 1) % 300 if self.calls % 3 == 0 else t)
+        return out, [None] * len(out)
+
+
+def oracle_generate(eng, ids, n, k, future):
+    from hetero_qwen.decode import SpeculativeGeneration
+    from hetero_qwen.sampling import Sampler, SamplingParams
+    s = eng.session()
+    logits = s.feed(ids)[-1]
+    spec = OracleDrafts(s, len(ids), future)
+    gen = SpeculativeGeneration(lambda t: s.feed(t)[-1], lambda: len(s.tokens), eng.context, logits,
+                                Sampler(SamplingParams(), ids, eng.cfg.vocab_size), eng.eos_ids, n,
+                                spec=spec, draft_tokens=k)
+    out = list(gen)
+    return out, gen, s
+
+
+CASES_K = [1, 2, 3, 4]
+
+
+def _check_greedy(eng, n=20):
+    ref = list(eng.generate(PROMPT, max_new_tokens=n, mtp=False))
+    assert len(ref) == n
+    for k in CASES_K:
+        assert list(eng.generate(PROMPT, max_new_tokens=n, mtp=True, draft_tokens=k)) == ref, f"MTP k={k}"
+        out, gen, _ = oracle_generate(eng, PROMPT, n, k, ref)
+        assert out == ref, f"oracle drafts k={k}"
+        assert gen.drafts_accepted > 0 and gen.drafts_accepted < gen.drafts_proposed
+
+
+def test_greedy_equals_plain_decoding_for_every_policy(mtp_ckpt):
+    from executor_cases import CASES
+    _, path = mtp_ckpt
+    for label, profile in CASES.items():
+        eng = hetero_qwen.load(path, dtype="fp32", quiet=True, profile=profile, simulate_gpu=True)
+        if label == "disk":  # RAM too small for the model: no room for the MTP layer either
+            assert eng.mtp is None
+            continue
+        assert eng.mtp is not None, label
+        _check_greedy(eng)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
+def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt):
+    _, path = mtp_ckpt
+    _check_greedy(load(path, weights={"cpu_dtype": fmt}))
+
+
+def test_caches_after_speculative_decode_equal_plain_decode(mtp_ckpt):
+    """After a reply with drafts accepted and rejected, the session equals one that never drafted."""
+    _, path = mtp_ckpt
+    eng = load(path)
+    plain = eng.session()
+    ref = list(eng.generate(PROMPT, max_new_tokens=16, mtp=False, session=plain))
+    out, _, spec = oracle_generate(eng, PROMPT, 16, 3, ref)
+    assert out == ref and spec.tokens == plain.tokens
+    _assert_caches_equal(_cache_state(spec), _cache_state(plain))
+
+
+def test_stats_and_seed(mtp_ckpt):
+    _, path = mtp_ckpt
+    eng = load(path)
+    greedy_seeded = list(eng.generate(PROMPT, max_new_tokens=12, seed=5, mtp=False))
+    assert list(eng.generate(PROMPT, max_new_tokens=12, seed=5, mtp=True, draft_tokens=3)) == greedy_seeded
+    stats = eng.stats.as_dict()
+    assert stats["draft_tokens_proposed"] > 0 and 0 <= stats["draft_tokens_accepted"] <= stats["draft_tokens_proposed"]
+    assert stats["mean_accepted_length"] >= 1.0 and stats["decode_tokens"] == 11
+    # sampled: the same seed gives the same reply with MTP on
+    a = list(eng.generate(PROMPT, max_new_tokens=12, temperature=0.8, seed=3, draft_tokens=2))
+    assert a == list(eng.generate(PROMPT, max_new_tokens=12, temperature=0.8, seed=3, draft_tokens=2))
+    assert "draft_tokens_proposed" not in (list(eng.generate(PROMPT, max_new_tokens=2, mtp=False))
+                                           and eng.stats.as_dict())

@@ -1,8 +1,9 @@
 """The MTP layer placed and run: its weights loaded where the head lives (same home, format and
 device: every draft ends in the head, so that device never hops), and the draft forward.
 
-Until the planner places the MTP group itself, it follows the head's placement; its bytes are
-charged to that device's budget when loaded (the plan does not count them yet).
+Until the planner places the MTP group itself, it follows the head's placement when its weights
+and KV cache fit what the plan left free on that device, else it lives in RAM in the plan's CPU
+format; its bytes are charged to its device's budget when loaded (the plan does not count them yet).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class MtpDrafter:
     def __init__(self, runner: Runner, layer: MtpLayer, device: Device):
         self.runner, self.layer, self.device = runner, layer, device
         self.cfg = runner.cfg
-        self.head = runner.head.ops[device.name]  # head without the model's final norm (MTP has its own)
+        head_dev = runner.head.decode_device  # the head without the model's final norm (MTP has its own)
+        self.head_device, self.head = runner.devices[head_dev], runner.head.ops[head_dev]
         self._rope = Rope(self.cfg, device.torch)
 
     def new_cache(self, capacity: int):
@@ -54,11 +56,34 @@ class MtpDrafter:
         out = self.layer(emb, hidden, cache, cos, sin)[0]
         if not logits:
             return out, None
-        return out, self.head(out[-1:]).float().to("cpu")[0]
+        last = runner.devices.hop(out[-1:], dev, self.head_device)
+        return out, self.head(last).float().to("cpu")[0]
+
+
+def mtp_placement(cfg, plan, head_placement, context: int, dtype: torch.dtype):
+    """Where the MTP layer goes until the planner places it: the head's placement when its weights
+    and KV cache fit what the plan leaves free on the head's tier, else RAM in the plan's CPU format
+    when they fit there, else None (MTP off: nothing fits)."""
+    cache = cfg.kv_bytes_per_token(dtype.itemsize) // max(1, len(cfg.full_attention_layers)) * context
+    groups = cfg.mtp_weight_groups()
+
+    def fits(tier: str, fmt: str) -> bool:
+        t = plan.tiers.get(tier)
+        need = sum(g.nbytes(fmt) for g in groups) + cache
+        return t is None or t.used_bytes + need <= t.budget_bytes
+
+    def fmt_of(p) -> str:
+        return "fp32" if dtype == torch.float32 and p.dtype in ("bf16", "fp32") else p.dtype
+
+    if head_placement.home in ("gpu", "cpu") and fits(head_placement.home, fmt_of(head_placement)):
+        return head_placement
+    cpu_fmt = next((g.dtype for g in plan.groups if g.home == "cpu"), head_placement.dtype)
+    cpu = dataclasses.replace(head_placement, home="cpu", decode_device="cpu", prefill_device="cpu", dtype=cpu_fmt)
+    return cpu if fits("cpu", fmt_of(cpu)) else None
 
 
 def build_mtp(ckpt: Checkpoint, runner: Runner, head_placement, kernels) -> MtpDrafter:
-    """Load the `mtp.*` groups in the head's placement and bind them to the runner."""
+    """Load the `mtp.*` groups in `head_placement` (see mtp_placement) and bind them to the runner."""
     cfg, devices, dtype = ckpt.cfg, runner.devices, runner.dtype
     placer = WeightPlacer(ckpt, devices, dtype, kernels)
     builder = OpBuilder(placer, None)
