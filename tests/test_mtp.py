@@ -187,10 +187,14 @@ def test_greedy_equals_plain_decoding_for_every_policy(mtp_ckpt):
         _check_greedy(eng)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
-def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt):
+def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt, dtype):
+    """Our CPU kernels in each format; with bf16 compute the verify forward (k + 1 tokens, generic
+    path) and plain decoding (the one-token fast path) round differently, yet pick the same tokens
+    on this checkpoint (a near-tie could in principle differ; fp32 differs only in summation order)."""
     _, path = mtp_ckpt
-    _check_greedy(load(path, weights={"cpu_dtype": fmt}))
+    _check_greedy(load(path, dtype=dtype, weights={"cpu_dtype": fmt}))
 
 
 def test_caches_after_speculative_decode_equal_plain_decode(mtp_ckpt):
@@ -217,3 +221,84 @@ def test_stats_and_seed(mtp_ckpt):
     assert a == list(eng.generate(PROMPT, max_new_tokens=12, temperature=0.8, seed=3, draft_tokens=2))
     assert "draft_tokens_proposed" not in (list(eng.generate(PROMPT, max_new_tokens=2, mtp=False))
                                            and eng.stats.as_dict())
+
+
+# ---- the acceptance rule keeps the distribution --------------------------------------------------
+
+def _chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    n = counts.sum()
+    expected = probs * n
+    keep = expected > 0
+    assert counts[~keep].sum() == 0  # nothing where the target has no mass
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_accept_draft_samples_the_target_distribution():
+    """d ~ q, then accept or resample: the result is distributed as p (chi-square, 5 degrees of
+    freedom, bound at the 0.999 quantile 20.5), including a q that puts mass where p has none."""
+    from hetero_qwen.speculative import accept_draft
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.30, 0.25, 0.20, 0.15, 0.10, 0.0])
+    q = torch.tensor([0.05, 0.40, 0.05, 0.20, 0.10, 0.20])
+    counts = torch.zeros(6)
+    n = 20000
+    drafts = torch.multinomial(q, n, replacement=True, generator=g)
+    rejected = 0
+    for d in drafts.tolist():
+        r = accept_draft(p, q, d, g)
+        rejected += r is not None
+        counts[d if r is None else r] += 1
+    assert _chi2(counts, p) < 20.5
+    # the acceptance rate is sum(min(p, q)) = 0.55
+    assert abs(1 - rejected / n - float(torch.minimum(p, q).sum())) < 0.02
+    assert all(accept_draft(p, p, d, g) is None for d in range(5))  # q == p: always accepted
+
+
+class MarkovSpec:
+    """A fake model for SpeculativeGeneration: the target's next-token logits depend on the last
+    token only (table P), drafts come from another table Q."""
+
+    def __init__(self, P, Q):
+        self.P, self.Q, self.tokens = P, Q, []
+
+    def draft(self, token, k, pick):
+        out, qs, t = [], [], token
+        for _ in range(k):
+            t, q = pick(self.Q[t])
+            out.append(t)
+            qs.append(q)
+        return out, qs
+
+    def verify(self, ids):
+        self.pending = ids
+        return torch.stack([self.P[t] for t in ids])
+
+    def commit(self, m):
+        self.tokens += self.pending[:m]
+
+
+def test_speculative_generation_keeps_the_joint_distribution():
+    """The first three tokens sampled with k = 2 drafts from a poor draft table: their joint distribution is the
+    target chain's (64 cells, chi-square bound at the 0.999 quantile of 63 degrees of freedom, 103.4),
+    over accepts, rejects with resampling and bonus tokens."""
+    from hetero_qwen.decode import SpeculativeGeneration
+    from hetero_qwen.sampling import Sampler, SamplingParams
+    g = torch.Generator().manual_seed(1)
+    V = 4
+    P = torch.randn(V, V, generator=g) * 1.2
+    Q = torch.randn(V, V, generator=g) * 1.2
+    first = torch.randn(V, generator=g)
+    counts = torch.zeros(V, V, V)
+    proposed = accepted = 0
+    for seed in range(5000):
+        spec = MarkovSpec(P, Q)
+        gen = SpeculativeGeneration(lambda t: None, lambda: len(spec.tokens), 1000, first,
+                                    Sampler(SamplingParams(temperature=1.0, seed=seed), [], V), (), 4,
+                                    spec=spec, draft_tokens=2)
+        a, b, c, _ = list(gen)  # 4 tokens: the step after the first drafts k = 2
+        counts[a, b, c] += 1
+        proposed, accepted = proposed + gen.drafts_proposed, accepted + gen.drafts_accepted
+    sm = lambda x: torch.softmax(x, -1)  # noqa: E731
+    joint = sm(first)[:, None, None] * sm(P)[:, :, None] * sm(P)[None, :, :]
+    assert _chi2(counts.flatten(), joint.flatten()) < 103.4
+    assert 0 < accepted < proposed  # both paths taken
