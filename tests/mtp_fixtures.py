@@ -36,6 +36,10 @@ def add_mtp(src: Path, dst: Path, seed: int = 7, scale: float = 0.08) -> Path:
     index = dst / "model.safetensors.index.json"
     if index.is_file():
         meta = json.loads(index.read_text())
-        meta["weight_map"].update({name: MTP_SHARD for name in tensors})
-        index.write_text(json.dumps(meta, indent=2))
+    else:  # one model.safetensors: an index that lists it and the new shard
+        from safetensors import safe_open
+        with safe_open(str(dst / "model.safetensors"), "pt") as f:
+            meta = {"metadata": {}, "weight_map": {name: "model.safetensors" for name in f.keys()}}
+    meta["weight_map"].update({name: MTP_SHARD for name in tensors})
+    index.write_text(json.dumps(meta, indent=2))
     return dst

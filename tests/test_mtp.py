@@ -302,3 +302,59 @@ def test_speculative_generation_keeps_the_joint_distribution():
     joint = sm(first)[:, None, None] * sm(P)[:, :, None] * sm(P)[None, :, :]
     assert _chi2(counts.flatten(), joint.flatten()) < 103.4
     assert 0 < accepted < proposed  # both paths taken
+
+
+# ---- interfaces ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_mtp(tiny_dir, tmp_path_factory):
+    """The embedded tiny model (tokenizer and chat template included) with mtp.* tensors."""
+    return add_mtp(tiny_dir, tmp_path_factory.mktemp("tiny-mtp") / "tiny")
+
+
+def test_generate_cli_mtp_flags(tiny_mtp, capsys):
+    import json
+    from helpers import run_cli
+    base = ["generate", "--model", tiny_mtp, "--prompt-ids", ",".join(map(str, PROMPT[:12])), "-n", "10", "--json"]
+    code, out, err = run_cli(base + ["--no-mtp"], capsys)
+    assert code == 0, err
+    plain = json.loads(out)
+    assert "draft_tokens_proposed" not in plain["stats"]
+    code, out, err = run_cli(base + ["--mtp", "--draft-tokens", "3", "--stats"], capsys)
+    assert code == 0, err
+    spec = json.loads(out)
+    assert spec["ids"] == plain["ids"]
+    st = spec["stats"]
+    assert st["draft_tokens_proposed"] > 0 and st["mean_accepted_length"] >= 1.0
+    assert "MTP: " in err and "drafts accepted" in err
+    code, out, _ = run_cli(base, capsys)  # default: on, since the checkpoint has the layer
+    assert code == 0 and json.loads(out)["stats"]["draft_tokens_proposed"] > 0
+
+
+def test_generate_cli_mtp_without_the_layer_is_one_line(tiny_dir, capsys):
+    from helpers import run_cli
+    code, out, err = run_cli(["generate", "--model", tiny_dir, "--prompt-ids", "1,2,3", "-n", "2", "--mtp"], capsys)
+    assert code == 2
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: {tiny_dir}: cannot use MTP: config.json declares no MTP layer (mtp_num_hidden_layers)"]
+
+
+def test_chat_uses_mtp_and_reports_it(tiny_mtp):
+    """A greedy chat reply is the same with MTP on and off; /stats reports the drafts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def chat(*flags):
+        r = subprocess.run([sys.executable, "-m", "hetero_qwen", "chat", "--model", str(tiny_mtp), "--no-think",
+                            "--preset", "greedy", "--max-new-tokens", "8", *flags],
+                           input="hello there\n/stats\n", capture_output=True, text=True, env=env, cwd=str(root),
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+    on, off = chat("--mtp", "--draft-tokens", "2"), chat("--no-mtp")
+    assert on.stdout == off.stdout
+    assert "draft_tokens_proposed" in on.stderr and "draft_tokens_proposed" not in off.stderr

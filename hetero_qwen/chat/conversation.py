@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..decode import Generation
+from ..decode import Generation, SpeculativeGeneration
 from ..errors import InputError
 from ..replies import ends_inside_think, split_reasoning
 from ..sampling import PRESETS, Sampler, SamplingParams
@@ -47,6 +47,8 @@ class ChatSettings:
     max_new_tokens: int | None = None  # None: until an end token or the context is full
     ignore_eos: bool = False        # keep generating past end tokens (for tests and benchmarks)
     seed: int | None = None
+    mtp: bool | None = None         # speculative decoding with the MTP layer (None: when the checkpoint has one)
+    draft_tokens: int | None = None  # drafts per step (None: the engine's default)
 
     def preset_name(self) -> str:
         return self.preset or (THINKING_PRESET if self.think else INSTRUCT_PRESET)
@@ -78,9 +80,12 @@ class Turn:
         self.starts_in_think = ends_inside_think(prompt_text)
         sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
         sampler.generator = conversation.generator  # one seeded stream for the whole chat
-        cache = conversation.cache
-        self.generation = Generation(cache.feed, lambda: len(cache.tokens), conversation.engine.context, logits,
-                                     sampler, stop_ids, conversation.settings.max_new_tokens)
+        cache, settings = conversation.cache, conversation.settings
+        args = (cache.feed, lambda: len(cache.tokens), conversation.engine.context, logits,
+                sampler, stop_ids, settings.max_new_tokens)
+        k = conversation.engine.speculation(settings.mtp, settings.draft_tokens)
+        self.generation = (SpeculativeGeneration(*args, spec=cache.session, draft_tokens=k) if k
+                           else Generation(*args))
 
     @property
     def logits(self) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..sampling import PRESETS
-from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (DraftTokensOpt, DtypeOpt, MinPOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -36,6 +36,8 @@ def chat(
                                                  help="Longest reply (default: until the model ends it)"),
     context: Optional[int] = typer.Option(None, "--context", min=16, help="Context length in tokens"),
     dtype: Optional[str] = DtypeOpt,
+    mtp: Optional[bool] = MtpOpt,
+    draft_tokens: Optional[int] = DraftTokensOpt,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", hidden=True,
                                     help="Generate past end tokens (tests, benchmarks)"),
 ) -> None:
@@ -48,12 +50,13 @@ def chat(
                      presence_penalty=presence_penalty, repetition_penalty=repetition_penalty)
     settings = ChatSettings(think=think, preserve=preserve, system=system, preset=preset,
                             overrides={k: v for k, v in overrides.items() if v is not None},
-                            max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, seed=seed)
+                            max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, seed=seed,
+                            mtp=mtp, draft_tokens=draft_tokens)
     settings.sampling()  # a bad preset or value fails now, before the model loads
     interactive = sys.stdin.isatty()
     path = resolve_model(model)
     say(f"loading {path} ...")
-    engine = load(path, profile=profile, dtype=dtype, context=context)
+    engine = load(path, profile=profile, dtype=dtype, context=context, mtp=mtp)
     conversation = Conversation(engine, settings)
     app = ChatApp(conversation, interactive=interactive, color=interactive and sys.stdout.isatty(),
                   show_thinking=interactive if hide_thinking is None else not hide_thinking)

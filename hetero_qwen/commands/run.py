@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InputError
 from ..sampling import PRESETS
-from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (DraftTokensOpt, DtypeOpt, MinPOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -39,6 +39,8 @@ def generate(
     repetition_penalty: Optional[float] = RepetitionPenaltyOpt,
     seed: Optional[int] = typer.Option(None, "--seed"),
     dtype: Optional[str] = DtypeOpt,
+    mtp: Optional[bool] = MtpOpt,
+    draft_tokens: Optional[int] = DraftTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text"),
     stats: bool = typer.Option(False, "--stats", help="Print timing statistics to stderr"),
 ) -> None:
@@ -54,7 +56,7 @@ def generate(
     except ValueError as e:
         raise InputError(str(e)) from None
     from ..loader import load
-    engine = load(resolve_model(model), profile=profile, dtype=dtype)
+    engine = load(resolve_model(model), profile=profile, dtype=dtype, mtp=mtp)
     tok = None
     if prompt_ids is not None:
         ids = _parse_ids(prompt_ids)
@@ -66,7 +68,7 @@ def generate(
     if not as_json:
         tok = tok or _maybe_tokenizer(engine)
         decoder = tok.stream_decoder() if tok else None
-    for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params):
+    for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params, mtp=mtp, draft_tokens=draft_tokens):
         out.append(t)
         if decoder is not None:
             sys.stdout.write(decoder.feed(t))
@@ -90,6 +92,9 @@ def generate(
             f"moved h2d {d['h2d_bytes']} B, d2h {d['d2h_bytes']} B in {d['hops']} hops "
             f"({d['streamed_bytes']} B streamed); seconds by device {d['seconds_by_device']}; "
             f"peak bytes {d['peak_bytes']}")
+        if "draft_tokens_proposed" in d:
+            say(f"MTP: {d['draft_tokens_accepted']} of {d['draft_tokens_proposed']} drafts accepted, "
+                f"{d['mean_accepted_length']} tokens per verify forward")
         if engine.plan is not None:
             say(engine.plan_summary)
 
