@@ -7,6 +7,7 @@ the KV cache and DeltaNet state across calls and snapshot/restore them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class Session:
         for c in slots:
             c.keep_slots = True
         try:
-            with torch_single_threaded():
+            with torch_single_threaded() if len(ids) <= SMALL_BATCH else contextlib.nullcontext():
                 logits, hidden = self.engine.runner.forward_hidden(torch.tensor([ids]), self.caches, len(self.tokens))
         finally:
             for c in slots:
