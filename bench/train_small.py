@@ -193,6 +193,8 @@ def main(argv=None) -> int:
     sep = [ids["endoftext"]]
     encode = lambda texts: torch.tensor([t for x in tok.encode_batch(texts) for t in x.ids + sep])  # noqa: E731
     train, held = encode(train_texts), encode(held_texts)
+    if held.numel() < SEQ + 2:
+        raise SystemExit("error: the held-out text is shorter than one window: raise --corpus-mb")
     print(f"corpus: {train.numel()} train / {held.numel()} held-out tokens ({time.time() - t0:.0f}s)", flush=True)
 
     from transformers import Qwen3_5ForCausalLM
@@ -218,9 +220,9 @@ def main(argv=None) -> int:
         sched.step()
         if step % 50 == 0 or step == a.steps - 1:
             print(f"step {step}: loss {main.item():.3f}, mtp {extra.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+    save(model, mtp, a.out, ids)
     ppl, acc = evaluate(model, mtp, held, a.eval_windows)
     print(f"held-out perplexity {ppl:.2f}; MTP next-next-token accuracy {acc:.3f}", flush=True)
-    save(model, mtp, a.out, ids)
     (a.out / "train_small.json").write_text(json.dumps(dict(
         steps=a.steps, seed=a.seed, params=n_params, heldout_perplexity=ppl, mtp_accuracy=acc,
         seconds=round(time.time() - t0, 1)), indent=2))
