@@ -23,12 +23,12 @@ import torch
 from ..config import ModelConfig
 from .cache import KVCache
 from .layers import rms_norm
-from .qwen3_5 import make_op
 
 
 class MtpLayer:
-    """`fc`: projection [..., 2H] -> [..., H]; `attn`, `ffn`: the decoder layer's ops (model ops from
-    make_op, over weights wherever they live); `vectors`: the fp32 norms by checkpoint local name."""
+    """`fc`: projection [..., 2H] -> [..., H]; `attn`, `ffn`: the decoder layer's ops (qwen3_5.make_op's
+    Attention and FFN, over weights wherever they live); `vectors`: the fp32 norms by local name
+    (pre_fc_norm_embedding, pre_fc_norm_hidden, input_layernorm, post_attention_layernorm, norm)."""
 
     def __init__(self, cfg: ModelConfig, fc, attn, ffn, vectors: dict[str, torch.Tensor]):
         self.cfg, self.fc, self.attn, self.ffn = cfg, fc, attn, ffn
@@ -37,15 +37,6 @@ class MtpLayer:
         self.attn_norm = vectors["input_layernorm.weight"]
         self.ffn_norm = vectors["post_attention_layernorm.weight"]
         self.final_norm = vectors["norm.weight"]
-
-    @classmethod
-    def from_projections(cls, cfg: ModelConfig, projs: dict, vectors: dict) -> "MtpLayer":
-        """Build from projections by local name ("fc.weight", "self_attn.q_proj.weight", ...,
-        "mlp.down_proj.weight") and fp32 vectors ("self_attn.q_norm.weight", the norms)."""
-        sub = lambda d, p: {k[len(p):]: v for k, v in d.items() if k.startswith(p)}  # noqa: E731
-        attn = make_op(cfg, "attention", sub(projs, "self_attn."), sub(vectors, "self_attn."))
-        ffn = make_op(cfg, "ffn", sub(projs, "mlp."), {})
-        return cls(cfg, projs["fc.weight"], attn, ffn, vectors)
 
     def __call__(self, emb: torch.Tensor, hidden: torch.Tensor, cache: KVCache,
                  cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
