@@ -16,6 +16,9 @@ parallelism problems. Prints GB/s of weight bytes (state bytes read + written fo
 the fraction of the measured bandwidth, and for the 27B FFN the ratio to torch's best path
 for the same format (F.linear bf16 / oneDNN; _weight_int8pack_mm; _weight_int4pack_mm_for_cpu;
 the torch reference DeltaNet step), timed the same cold way. Medians of --reps samples.
+`--verify` instead times the 27B FFN in each format at batch 1..5, the forward sizes of a
+speculative verify of k = 0..4 drafts, and prints each batch's time over batch 1 (MTP pays when
+a verify of k + 1 tokens costs about one token: the weights are read once for all of them).
 Writes bench/results/kernels-<host>.json: machine description and one entry per thread count
 under "runs" (a run at another thread count is merged in, not overwritten).
 """
@@ -269,6 +272,18 @@ def machine():
                 cpp_isa=cpp.isa() if cpp.available() else None, torch=torch.__version__)
 
 
+def verify_rows(threads, reps, bw, cold_bytes, H=H, I=I, batches=(1, 2, 3, 4, 5)):
+    """The FFN per format at each batch, with `vs_batch1` = its time over batch 1's."""
+    rows = []
+    for fmt in ("int8", "int4", "bf16"):
+        got = [r for r in bench_ffn(fmt, threads, reps, bw, batches, False, H=H, I=I, cold_bytes=cold_bytes,
+                                    with_torch=False) if r["backend"] == "cpp"]
+        for r in got:
+            r["vs_batch1"] = round(r["ms"] / got[0]["ms"], 3)
+        rows += got
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -284,11 +299,20 @@ def main(argv=None):
                     help="only sweep the rows per block of batch-1 GEMVs (1, 2, 4, 8 and the default)")
     ap.add_argument("--call-overhead", action="store_true",
                     help="only time the checked kernel boundary against raw ctypes calls (tiny and mid shapes)")
+    ap.add_argument("--verify", action="store_true",
+                    help="only the 27B FFN at batch 1..5 (speculative verify sizes), with the ratio to batch 1")
     a = ap.parse_args(argv)
     if a.call_overhead:
         dispatch.set_threads(a.threads)
         for r in call_overhead(a.reps):
             print(json.dumps(r))
+        return 0
+    if a.verify:
+        dispatch.set_threads(a.threads)
+        bw = read_bandwidth(a.reps)
+        for r in verify_rows(a.threads, a.reps, bw, a.cold_mb << 20):
+            print(json.dumps(r) if a.json else
+                  f"ffn {r['shape']} {r['format']:5} B={r['batch']} {r['ms']:>8} ms  {r['vs_batch1']:.2f}x batch 1")
         return 0
     if a.int4_groups:
         for r in int4_group_table():

@@ -241,6 +241,22 @@ class Checkpoint:
                                           f"; weights must be a float dtype (BF16, F16, F32, F8)")
 
 
+    def mtp_missing(self) -> str | None:
+        """Why the MTP layer cannot load (None when it can): config.json declares no MTP layer, or
+        a tensor is missing (quantizers often drop `mtp.*`) or has another shape."""
+        groups = self.cfg.mtp_weight_groups()
+        if not groups:
+            return "config.json declares no MTP layer (mtp_num_hidden_layers)"
+        for group in groups:
+            for local, shape in group.matrices + group.vectors:
+                name = tensor_name(group.name, group.kind, local, self.cfg)
+                if name not in self.entries:
+                    return f"the checkpoint has no {name}"
+                if tuple(self.entries[name].shape) != tuple(shape):
+                    return f"{name} has shape {list(self.entries[name].shape)}, config.json implies {list(shape)}"
+        return None
+
+
 def tensor_name(group: str, kind: str, local: str, cfg: ModelConfig) -> str:
     """Full checkpoint name of a group's tensor. Layer norms belong to the layer, not the mixer;
     the final norm is listed with the head under its full name."""

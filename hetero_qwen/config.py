@@ -99,6 +99,7 @@ class ModelConfig:
     multimodal: bool = False  # True for Qwen3_5ForConditionalGeneration (text under model.language_model)
     quantization: dict | None = None  # the checkpoint's quantization_config, if any
     hetero_format: str | None = None  # set by `hetero-qwen quantize`: "int8" | "int4"
+    mtp_num_hidden_layers: int = 0  # multi-token-prediction layers (`mtp.*`; the 27B has 1)
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -174,6 +175,34 @@ class ModelConfig:
                 (("post_attention_layernorm.weight", (H,)),)))
         groups.append(WeightGroup("lm_head", "head", None, (("weight", (self.vocab_size, H)),),
                                   ((f"{self.text_prefix}norm.weight", (H,)),)))
+        return groups
+
+    def mtp_weight_groups(self) -> list[WeightGroup]:
+        """The MTP layer's groups (none when `mtp_num_hidden_layers` is 0), apart from
+        `weight_groups()`: the trunk loads without them. `mtp` holds fc [H, 2H] and its three norms
+        (pre_fc_norm_embedding, pre_fc_norm_hidden, the final `norm`); `mtp.layers.0.self_attn` and
+        `mtp.layers.0.mlp` are one gated full-attention decoder layer, named like the trunk's.
+        Embedding and head are the model's."""
+        if not self.mtp_num_hidden_layers:
+            return []
+        H, I = self.hidden_size, self.intermediate_size
+        qd, kvd = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        q_rows = qd * (2 if self.attn_output_gate else 1)
+        groups = [WeightGroup("mtp", "mtp_fc", None, (("fc.weight", (H, 2 * H)),),
+                              (("pre_fc_norm_embedding.weight", (H,)), ("pre_fc_norm_hidden.weight", (H,)),
+                               ("norm.weight", (H,))))]
+        for i in range(self.mtp_num_hidden_layers):
+            p = f"mtp.layers.{i}."
+            groups.append(WeightGroup(
+                f"{p}self_attn", "attention", None,
+                (("q_proj.weight", (q_rows, H)), ("k_proj.weight", (kvd, H)),
+                 ("v_proj.weight", (kvd, H)), ("o_proj.weight", (H, qd))),
+                (("q_norm.weight", (self.head_dim,)), ("k_norm.weight", (self.head_dim,)),
+                 ("input_layernorm.weight", (H,)))))
+            groups.append(WeightGroup(
+                f"{p}mlp", "ffn", None,
+                (("gate_proj.weight", (I, H)), ("up_proj.weight", (I, H)), ("down_proj.weight", (H, I))),
+                (("post_attention_layernorm.weight", (H,)),)))
         return groups
 
     # ---- caches ---------------------------------------------------------------------------
@@ -254,6 +283,7 @@ class ModelConfig:
                 multimodal=multimodal,
                 quantization=raw.get("quantization_config") or text.get("quantization_config"),
                 hetero_format=hetero_format,
+                mtp_num_hidden_layers=int(text.get("mtp_num_hidden_layers") or 0),
             )
         except KeyError as e:
             raise ConfigError(f"{source}: missing required key {e.args[0]!r}") from None

@@ -7,6 +7,7 @@ the KV cache and DeltaNet state across calls and snapshot/restore them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 
 from .config import ModelConfig
 from .context_limit import context_advice
-from .decode import CONTEXT, Generation
+from .decode import CONTEXT, Generation, SpeculativeGeneration
 from .errors import ContextLimitReached, InputError
 from .executor.runner import Runner
 from .kernels.dispatch import SMALL_BATCH
@@ -40,6 +41,9 @@ def torch_single_threaded():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+DEFAULT_DRAFT_TOKENS = 2
 
 
 @dataclass
@@ -74,12 +78,19 @@ class Session:
         self.tokens: list[int] = []
         self.rope_delta = 0   # next rotary position - token count (> 0 after an image: M-RoPE)
         self.image_keys: list[tuple[int, str]] = []  # (token index, digest) of each image fed
+        self.mtp = None  # speculative.MtpState when the engine has an MTP layer: fed with every token
+        self._verified = None  # (start, ids, hidden) of the last verify forward, until commit
+        if engine.mtp is not None:
+            from .speculative import MtpState
+            self.mtp = MtpState(engine.mtp, engine.context)
 
     def close(self) -> None:
         """Give the caches' bytes back to their tiers (the caches are unusable afterwards)."""
         if self.caches:
             self.engine.runner.release_caches(self.caches)
             self.caches = []
+        if self.mtp is not None:
+            self.mtp.close()
 
     def __del__(self):
         try:
@@ -92,6 +103,8 @@ class Session:
             c.reset()
         self.tokens = []
         self.rope_delta, self.image_keys = 0, []
+        if self.mtp is not None:
+            self.mtp.reset()
 
     @property
     def next_position(self) -> int:
@@ -133,7 +146,12 @@ class Session:
                 pos = images.positions_for(at, len(chunk))
                 kw = {"positions": pos, "image_rows": images.rows_for(at, len(chunk), self.engine.encode_images)}
             last = not all_logits
-            if last and s + step < len(ids):
+            if self.mtp is not None and images is None:  # the MTP layer reads every position's hidden state
+                logits, hidden = runner.forward_hidden(torch.tensor([chunk]), self.caches, self.next_position,
+                                                       last_only=last)
+                self.mtp.push(len(self.tokens), chunk, hidden[0])
+                outs.append(logits[0])
+            elif last and s + step < len(ids):
                 runner.prefill_only(torch.tensor([chunk]), self.caches, self.next_position, **kw)  # no head needed
             else:
                 outs.append(runner.forward(torch.tensor([chunk]), self.caches, self.next_position,
@@ -145,10 +163,47 @@ class Session:
         return torch.cat(outs) if all_logits else outs[-1]
 
 
+    # ---- speculative decoding (hetero_qwen.decode.SpeculativeGeneration drives these) -------------
+    @torch.inference_mode()
+    def draft(self, token: int, k: int, pick) -> tuple[list[int], list]:
+        """Up to k MTP drafts after `token` (which follows the cached tokens)."""
+        return self.mtp.draft(len(self.tokens), token, k, pick)
+
+    @torch.inference_mode()
+    def verify(self, ids: list[int]) -> torch.Tensor:
+        """Run `ids` (a token and its drafts) in one forward, keeping every DeltaNet layer's state after
+        each position: fp32 logits [len(ids), V]. Until `commit`, the caches hold all of them."""
+        self.engine.check_ids(ids, already=len(self.tokens))
+        slots = [c for c in self.caches if hasattr(c, "keep_slots")]
+        for c in slots:
+            c.keep_slots = True
+        try:
+            with torch_single_threaded() if len(ids) <= SMALL_BATCH else contextlib.nullcontext():
+                logits, hidden = self.engine.runner.forward_hidden(torch.tensor([ids]), self.caches, self.next_position)
+        finally:
+            for c in slots:
+                c.keep_slots = False
+        self._verified = (len(self.tokens), list(ids), hidden[0])
+        self.tokens.extend(ids)
+        return logits[0]
+
+    @torch.inference_mode()
+    def commit(self, m: int) -> None:
+        """Keep the first m tokens of the last verify: KV caches trimmed, DeltaNet states set to the
+        slot of the m-th position (no recompute); the MTP layer gets their hidden states."""
+        start, ids, hidden = self._verified
+        self._verified = None
+        for c in self.caches:
+            c.trim(len(ids) - m)
+        del self.tokens[start + m:]
+        if self.mtp is not None:
+            self.mtp.push(start, ids[:m], hidden[:m])
+
+
 class Engine:
     def __init__(self, cfg: ModelConfig, runner: Runner, path: Path | None, context: int,
                  eos_ids: tuple[int, ...] = (), tokenizer=None, plan=None,
-                 prefill_chunk: int = Profile.prefill_chunk):
+                 prefill_chunk: int = Profile.prefill_chunk, mtp=None):
         self.cfg, self.runner, self.path = cfg, runner, path
         self.context = context
         self.devices = runner.devices
@@ -161,6 +216,9 @@ class Engine:
         self.vision = None          # model.vision.VisionWeights on vision_device; None: text only
         self.vision_device = None   # executor Device the plan runs the tower on
         self.vision_note = ""       # why images are refused (no tower, --text-only)
+        self.mtp = mtp  # executor.mtp.MtpDrafter when the checkpoint's MTP layer is loaded
+        # Until the planner prices draft + verify: k = 2, the model card's num_speculative_tokens.
+        self.draft_tokens = DEFAULT_DRAFT_TOKENS
 
     # ---- tokenizer ------------------------------------------------------------------------
     @property
@@ -248,15 +306,29 @@ class Engine:
                  top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, presence_penalty: float = 0.0,
                  repetition_penalty: float = 1.0, seed: int | None = None,
                  stop_ids: tuple[int, ...] | None = None, session: Session | None = None,
-                 params: SamplingParams | None = None, images=None) -> Iterator[int]:
+                 params: SamplingParams | None = None, images=None, mtp: bool | None = None,
+                 draft_tokens: int | None = None) -> Iterator[int]:
         """Stream new token ids. Stops after an eos/stop id (which is yielded) or max_new_tokens.
-        `images`: vision_input.PreparedImages for the placeholder runs in `ids`, in order."""
+        `images`: vision_input.PreparedImages for the placeholder runs in `ids`, in order;
+        `mtp`: speculative decoding with the MTP layer (None: on when the checkpoint has one);
+        `draft_tokens`: drafts per step (None: the engine's default)."""
         params = params or SamplingParams(temperature, top_p, top_k, min_p, presence_penalty,
                                           repetition_penalty, seed)
+        k = self.speculation(mtp, draft_tokens)
         return self._generate(list(ids), max_new_tokens, params,
-                              tuple(stop_ids) if stop_ids is not None else self.eos_ids, session, images)
+                              tuple(stop_ids) if stop_ids is not None else self.eos_ids, session, images, k)
 
-    def _generate(self, ids, max_new_tokens, params, stop, session, images=None) -> Iterator[int]:
+    def speculation(self, mtp: bool | None, draft_tokens: int | None) -> int:
+        """Drafts per decode step (0: plain decoding) for the `mtp` / `draft_tokens` options."""
+        if draft_tokens is not None and draft_tokens < 0:
+            raise InputError(f"--draft-tokens must be >= 0 (got {draft_tokens})")
+        if mtp and self.mtp is None:
+            raise InputError("this checkpoint has no MTP layer (mtp.* tensors): use --no-mtp")
+        if mtp is False or self.mtp is None:
+            return 0
+        return self.draft_tokens if draft_tokens is None else draft_tokens
+
+    def _generate(self, ids, max_new_tokens, params, stop, session, images=None, k: int = 0) -> Iterator[int]:
         session = session or self.session()
         self.check_ids(ids, already=len(session.tokens))
         sampler = Sampler(params, session.tokens + ids, self.cfg.vocab_size)
@@ -264,7 +336,7 @@ class Engine:
         traffic0 = self.devices.traffic.snapshot()
         busy0 = {name: d.busy_seconds for name, d in self._devs()}
         try:
-            yield from self._loop(ids, max_new_tokens, stop, session, sampler, stats, images)
+            yield from self._loop(ids, max_new_tokens, stop, session, sampler, stats, images, k)
         finally:
             stats.extra.update(self.devices.traffic.since(traffic0).as_dict())
             stats.extra["seconds_by_device"] = {name: round(d.busy_seconds - busy0[name], 4) for name, d in self._devs()}
@@ -273,17 +345,23 @@ class Engine:
     def _devs(self):
         return [(name, d) for name, d in (("gpu", self.devices.gpu), ("cpu", self.devices.cpu)) if d is not None]
 
-    def _loop(self, ids, max_new_tokens, stop, session, sampler, stats, images=None):
+    def _loop(self, ids, max_new_tokens, stop, session, sampler, stats, images=None, k: int = 0):
         t0 = time.perf_counter()
         logits = session.feed(ids, images=images)[-1]
         stats.prefill_seconds = time.perf_counter() - t0
-        gen = Generation(lambda t: session.feed(t)[-1], lambda: len(session.tokens), self.context,
-                         logits, sampler, stop, max_new_tokens,
-                         check_logits=lambda lg, n: check_finite_logits(lg, n, self, session.tokens))
+        args = (lambda t: session.feed(t)[-1], lambda: len(session.tokens), self.context,
+                logits, sampler, stop, max_new_tokens)
+        check = dict(check_logits=lambda lg, n: check_finite_logits(lg, n, self, session.tokens))
+        gen = (SpeculativeGeneration(*args, spec=session, draft_tokens=k, **check) if k
+               else Generation(*args, **check))
         try:
             yield from gen
         finally:
             stats.decode_tokens, stats.decode_seconds = gen.decode_steps, gen.decode_seconds
+            if k:
+                stats.extra.update(draft_tokens_proposed=gen.drafts_proposed,
+                                   draft_tokens_accepted=gen.drafts_accepted,
+                                   mean_accepted_length=round(gen.mean_accepted_length, 3))
         if gen.finish_reason == CONTEXT:
             raise ContextLimitReached(f"generation reached the context limit of {self.context} tokens "
                                       f"({context_advice(self.context, self.cfg.max_position_embeddings)})")

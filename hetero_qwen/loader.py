@@ -93,9 +93,10 @@ class TierProgress:
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
          context: int | None = None, quiet: bool = False, policy: str | None = None,
          simulate_gpu: bool | None = None, text_only: bool = False,
-         image_max_pixels: int | None = None) -> Engine:
+         image_max_pixels: int | None = None, mtp: bool | None = None) -> Engine:
     """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan.
-    `text_only` (or the profile's `vision: off`) neither plans nor loads the vision tower."""
+    `text_only` (or the profile's `vision: off`) neither plans nor loads the vision tower;
+    `mtp`: load the MTP layer for speculative decoding (None: when the checkpoint has it; False: not)."""
     from placement_policies import make_plan
 
     if is_preset(path_or_preset):
@@ -130,10 +131,11 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         runner = build_runner(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars)
     finally:
         bars.close()
+    drafter = _load_mtp(ckpt, runner, plan, mtp, quiet, prof.context)
     if devices.gpu is not None:
         runner.op_hook = working_set_hook(devices)
     engine = Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
-                    plan=plan, prefill_chunk=prof.prefill_chunk)
+                    plan=plan, prefill_chunk=prof.prefill_chunk, mtp=drafter)
     attach_vision(engine, ckpt, mm, plan, prof, dtype)
     return engine
 
@@ -161,3 +163,28 @@ def attach_vision(engine: Engine, ckpt: Checkpoint, mm, plan, prof: Profile, dty
         return
     dev.memory.alloc(weights.nbytes(), TOWER)
     engine.vision, engine.vision_device = weights, dev
+
+
+def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool, context: int):
+    """The MTP drafter in the head's placement, or None (said in one line when the config declares
+    an MTP layer the checkpoint lacks, as quantizers often leave it out)."""
+    if mtp is False:
+        return None
+    why = ckpt.mtp_missing()
+    if why is not None:
+        if mtp:
+            raise CheckpointError(f"{ckpt.path}: cannot use MTP: {why}")
+        if ckpt.cfg.mtp_num_hidden_layers:
+            _say(f"MTP speculative decoding is off: {why}", quiet)
+        return None
+    from .executor.build import _kernels
+    from .executor.mtp import build_mtp, mtp_placement
+    head = next(g for g in plan.groups if g.kind == "head")
+    place = mtp_placement(ckpt.cfg, plan, head, context, runner.dtype)
+    if place is None:
+        if mtp:
+            raise ConfigError("cannot use MTP: its weights and KV cache do not fit the memory the plan leaves free")
+        _say("MTP speculative decoding is off: its weights and KV cache do not fit the memory the plan leaves free",
+             quiet)
+        return None
+    return build_mtp(ckpt, runner, place, _kernels())

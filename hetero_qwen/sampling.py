@@ -74,8 +74,8 @@ class Sampler:
         self.seen[token] = True
         self.generated[token] = True
 
-    def __call__(self, logits: torch.Tensor) -> int:
-        """logits [vocab] fp32 -> token id."""
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [vocab] -> a fp32 copy with the penalties applied (what greedy takes the argmax of)."""
         p = self.p
         logits = logits.float().clone()
         if p.repetition_penalty != 1.0:
@@ -83,9 +83,12 @@ class Sampler:
             logits[self.seen] = torch.where(sel > 0, sel / p.repetition_penalty, sel * p.repetition_penalty)
         if p.presence_penalty:
             logits[self.generated] -= p.presence_penalty
-        if p.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / p.temperature
+        return logits
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution a token is sampled from (temperature > 0): fp32 [vocab], sums to 1."""
+        p = self.p
+        logits = self.adjusted(logits) / p.temperature
         if p.top_k and p.top_k < logits.numel():
             kth = torch.topk(logits, p.top_k).values[-1]
             logits[logits < kth] = float("-inf")
@@ -98,4 +101,14 @@ class Sampler:
             mask = torch.zeros_like(probs, dtype=torch.bool)
             mask[idx[keep]] = True
             probs = probs * mask
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=self.generator))
+        return probs / probs.sum()
+
+    @property
+    def greedy(self) -> bool:
+        return self.p.temperature == 0
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """logits [vocab] fp32 -> token id."""
+        if self.greedy:
+            return int(self.adjusted(logits).argmax())
+        return int(torch.multinomial(self.probs(logits), 1, generator=self.generator))

@@ -146,8 +146,13 @@ def reply_stats(turn) -> str:
     s = turn.sync
     images = getattr(turn, "image_tokens", [])
     shown = (f" · {len(images)} image{'s' if len(images) != 1 else ''}: {sum(images)} tokens" if images else "")
-    return (f"{s.prefilled} prompt tokens at {s.tokens_per_s:.0f} tok/s ({s.reused} cached){shown} · "
+    line = (f"{s.prefilled} prompt tokens at {s.tokens_per_s:.0f} tok/s ({s.reused} cached){shown} · "
             f"{len(turn.tokens)} generated at {turn.decode_tokens_per_s:.1f} tok/s")
+    gen = turn.generation
+    if hasattr(gen, "drafts_proposed"):  # speculative decoding with the MTP layer
+        line += (f" · MTP draft_tokens_proposed {gen.drafts_proposed}, draft_tokens_accepted "
+                 f"{gen.drafts_accepted}, mean accepted length {gen.mean_accepted_length:.2f}")
+    return line
 
 
 def describe_sampling(settings) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..decode import Generation
+from ..decode import Generation, SpeculativeGeneration
 from ..errors import InputError
 from ..numerics import check_finite_logits
 from ..replies import ends_inside_think, split_reasoning
@@ -50,6 +50,8 @@ class ChatSettings:
     seed: int | None = None
     image_min_pixels: int | None = None  # image pixel budget (None: the processor's)
     image_max_pixels: int | None = None
+    mtp: bool | None = None         # speculative decoding with the MTP layer (None: when the checkpoint has one)
+    draft_tokens: int | None = None  # drafts per step (None: the engine's default)
 
     def preset_name(self) -> str:
         return self.preset or (THINKING_PRESET if self.think else INSTRUCT_PRESET)
@@ -82,11 +84,13 @@ class Turn:
         self.image_tokens: list[int] = []  # placeholder tokens of each image this message attached
         sampler = Sampler(params, prompt_ids, conversation.engine.cfg.vocab_size)
         sampler.generator = conversation.generator  # one seeded stream for the whole chat
-        cache = conversation.cache
-        engine = conversation.engine
-        self.generation = Generation(cache.feed, lambda: len(cache.tokens), engine.context, logits,
-                                     sampler, stop_ids, conversation.settings.max_new_tokens,
-                                     check_logits=lambda lg, n: check_finite_logits(lg, n, engine, cache.tokens))
+        cache, settings, engine = conversation.cache, conversation.settings, conversation.engine
+        args = (cache.feed, lambda: len(cache.tokens), engine.context, logits,
+                sampler, stop_ids, settings.max_new_tokens)
+        check = dict(check_logits=lambda lg, n: check_finite_logits(lg, n, engine, cache.tokens))
+        k = engine.speculation(settings.mtp, settings.draft_tokens)
+        self.generation = (SpeculativeGeneration(*args, spec=cache.session, draft_tokens=k, **check) if k
+                           else Generation(*args, **check))
 
     @property
     def logits(self) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..sampling import PRESETS
-from .common import (DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (DraftTokensOpt, DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -39,6 +39,8 @@ def chat(
     image_min_pixels: Optional[int] = ImageMinPixelsOpt,
     image_max_pixels: Optional[int] = ImageMaxPixelsOpt,
     text_only: bool = TextOnlyOpt,
+    mtp: Optional[bool] = MtpOpt,
+    draft_tokens: Optional[int] = DraftTokensOpt,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", hidden=True,
                                     help="Generate past end tokens (tests, benchmarks)"),
 ) -> None:
@@ -52,13 +54,14 @@ def chat(
     settings = ChatSettings(think=think, preserve=preserve, system=system, preset=preset,
                             overrides={k: v for k, v in overrides.items() if v is not None},
                             max_new_tokens=max_new_tokens, ignore_eos=ignore_eos, seed=seed,
-                            image_min_pixels=image_min_pixels, image_max_pixels=image_max_pixels)
+                            image_min_pixels=image_min_pixels, image_max_pixels=image_max_pixels,
+                            mtp=mtp, draft_tokens=draft_tokens)
     settings.sampling()  # a bad preset or value fails now, before the model loads
     interactive = sys.stdin.isatty()
     path = resolve_model(model)
     say(f"loading {path} ...")
     engine = load(path, profile=profile, dtype=dtype, context=context, text_only=text_only,
-                  image_max_pixels=image_max_pixels)
+                  image_max_pixels=image_max_pixels, mtp=mtp)
     conversation = Conversation(engine, settings)
     app = ChatApp(conversation, interactive=interactive, color=interactive and sys.stdout.isatty(),
                   show_thinking=interactive if hide_thinking is None else not hide_thinking)

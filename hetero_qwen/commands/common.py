@@ -41,3 +41,8 @@ def resolve_model(model: Optional[str]) -> Path:
     path = ensure_tiny()
     say(f"no --model given: using the embedded tiny model at {path} (random weights, output is noise)")
     return path
+
+MtpOpt = typer.Option(None, "--mtp/--no-mtp",
+                      help="Speculative decoding with the checkpoint's MTP layer (default: on when it has one)")
+DraftTokensOpt = typer.Option(None, "--draft-tokens", min=0,
+                              help="Tokens the MTP layer drafts per step (default 2, the model card's; 0: off)")

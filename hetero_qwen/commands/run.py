@@ -13,7 +13,7 @@ import typer
 from ..errors import ContextLimitReached, InputError
 from ..interrupts import Interrupted, Terminated, signal_point
 from ..sampling import PRESETS
-from .common import (DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (DraftTokensOpt, DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -52,6 +52,8 @@ def generate(
     image_min_pixels: Optional[int] = ImageMinPixelsOpt,
     image_max_pixels: Optional[int] = ImageMaxPixelsOpt,
     text_only: bool = TextOnlyOpt,
+    mtp: Optional[bool] = MtpOpt,
+    draft_tokens: Optional[int] = DraftTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text"),
     stats: bool = typer.Option(False, "--stats", help="Print timing statistics to stderr"),
 ) -> None:
@@ -75,7 +77,7 @@ def generate(
         raise InputError(str(e)) from None
     from ..loader import load
     engine = load(resolve_model(model), profile=profile, dtype=dtype, text_only=text_only,
-                  image_max_pixels=image_max_pixels)
+                  image_max_pixels=image_max_pixels, mtp=mtp)
     tok = None
     prepared = None
     if prompt_ids is not None:
@@ -93,7 +95,8 @@ def generate(
         decoder = tok.stream_decoder() if tok else None
     stop_reason, stopped = None, None
     try:
-        for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params, images=prepared):
+        for t in engine.generate(ids, max_new_tokens=max_new_tokens, params=params, images=prepared,
+                                 mtp=mtp, draft_tokens=draft_tokens):
             out.append(t)
             if decoder is not None:
                 sys.stdout.write(decoder.feed(t))
@@ -128,6 +131,9 @@ def generate(
             f"moved h2d {d['h2d_bytes']} B, d2h {d['d2h_bytes']} B in {d['hops']} hops "
             f"({d['streamed_bytes']} B streamed); seconds by device {d['seconds_by_device']}; "
             f"peak bytes {d['peak_bytes']}")
+        if "draft_tokens_proposed" in d:
+            say(f"MTP: {d['draft_tokens_accepted']} of {d['draft_tokens_proposed']} drafts accepted, "
+                f"{d['mean_accepted_length']} tokens per verify forward")
         if engine.plan is not None:
             say(engine.plan_summary)
 

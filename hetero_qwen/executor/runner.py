@@ -198,6 +198,17 @@ class Runner:
         logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
         return self.devices.logits_to_host(logits, dev)
 
+    def forward_hidden(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False):
+        """As `forward`, plus the hidden state after the final norm for every position [B, T, H], on
+        the head's device (what the MTP layer reads)."""
+        x, cur, _ = self.hidden(ids, caches, start, with_head=True)
+        T = x.shape[1]  # the head runs where a T-token forward runs it (what the prefetcher was told)
+        dev = self.devices[self.head.device_for(T)]
+        x = self.devices.hop(x, cur, dev)
+        normed = rms_norm(x, self.head.norms[dev.name], self.cfg.rms_norm_eps)
+        logits, _, _ = self._run(self.head, x[:, -1:] if last_only else x, dev, T)
+        return self.devices.logits_to_host(logits, dev), normed
+
     def prefill_only(self, ids: torch.Tensor, caches: list, start: int,
                      positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None) -> None:
         """Fill the caches without computing logits (all but the last prefill chunk): the head is

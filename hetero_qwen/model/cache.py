@@ -1,6 +1,8 @@
 """Per-layer caches behind one small protocol: `nbytes()`, `reset()`, `trim(n)` (drop the last n
 tokens, as mlx-lm's caches do), `snapshot()`, `restore(snap)`. KV caches can be trimmed back to any length; the DeltaNet recurrent state
-cannot (it folds every token in), so it is rewound only by restoring a snapshot taken earlier.
+cannot (it folds every token in), so it is rewound by restoring a snapshot taken earlier, or, right
+after a speculative verify forward run with `keep_slots` on, by trimming to one of the per-position
+slots that forward kept (vLLM's num_spec + 1 state slots; llama.cpp's extra recurrent planes).
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ class DeltaNetCache:
                  dtype: torch.dtype, device: torch.device | str = "cpu"):
         self.conv = torch.zeros(batch, conv_dim, kernel - 1, dtype=torch.float32, device=device)
         self.state = torch.zeros(batch, v_heads, dk, dv, dtype=torch.float32, device=device)
+        self.keep_slots = False  # set around a verify forward: keep the state after every position
+        self.slot_conv = self.slot_state = None  # [T, ...] of the last forward run with keep_slots
+        self.slots = 0  # positions held in the slots (0: nothing to trim back to)
+
+    def record(self, seq: torch.Tensor, states: torch.Tensor) -> None:
+        """Keep the conv window and recurrent state after each of the T positions of a verify
+        forward: `seq` [B, C, K-1+T] its conv inputs (previous window first), `states` [T, B, Hv, Dk, Dv]."""
+        T, K1 = states.shape[0], self.conv.shape[-1]
+        if self.slot_state is None or self.slot_state.shape[0] < T:  # allocated once per draft length
+            self.slot_state = torch.empty((T, *self.state.shape), dtype=torch.float32, device=self.state.device)
+            self.slot_conv = torch.empty((T, *self.conv.shape), dtype=torch.float32, device=self.conv.device)
+        for t in range(T):
+            self.slot_conv[t].copy_(seq[:, :, t + 1:t + 1 + K1])
+        self.slot_state[:T].copy_(states)
+        self.slots = T
 
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.state.numel() * 4
@@ -94,9 +111,20 @@ class DeltaNetCache:
     def reset(self) -> None:
         self.conv.zero_()
         self.state.zero_()
+        self.slots = 0
 
     def trim(self, n: int) -> int:
-        raise ValueError("a DeltaNet recurrent state cannot be trimmed; restore a snapshot instead")
+        """Drop the last `n` tokens of the last verify forward (kept with keep_slots on): the state
+        becomes that forward's slot of the last token kept, an index choice, nothing recomputed."""
+        keep = self.slots - n  # tokens of that forward still in the state
+        if n and not 0 < keep < self.slots:
+            raise ValueError("a DeltaNet recurrent state cannot be trimmed (only back to a slot of the "
+                             "last verify forward); restore a snapshot instead")
+        if n:
+            self.conv.copy_(self.slot_conv[keep - 1])
+            self.state.copy_(self.slot_state[keep - 1])
+        self.slots = 0  # the slots are spent: the next forward moves the state on
+        return n
 
     def snapshot(self) -> DeltaNetSnapshot:
         """A copy in host memory: snapshots are not charged to the device budget (a GPU-resident
@@ -106,3 +134,4 @@ class DeltaNetCache:
     def restore(self, snap: DeltaNetSnapshot) -> None:
         self.conv.copy_(snap.conv)
         self.state.copy_(snap.state)
+        self.slots = 0

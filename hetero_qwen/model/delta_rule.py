@@ -31,6 +31,23 @@ def recurrent_gated_delta_rule(q, k, v, g, beta, state):
     return out, S
 
 
+def recurrent_gated_delta_rule_states(q, k, v, g, beta, state):
+    """The token-by-token rule keeping the state after every position (a speculative verify of a
+    few tokens): returns (o [B,H,T,Dv], states [T,B,H,Dk,Dv]); `state` is not modified."""
+    S = state.to(torch.float32)
+    T = q.shape[2]
+    out = torch.empty(v.shape, dtype=torch.float32, device=v.device)
+    states = torch.empty((T, *S.shape), dtype=torch.float32, device=v.device)
+    for t in range(T):
+        S = S * g[:, :, t].exp()[..., None, None]
+        kv = torch.einsum("bhkv,bhk->bhv", S, k[:, :, t])
+        u = (v[:, :, t] - kv) * beta[:, :, t, None]
+        S = S + k[:, :, t, :, None] * u[:, :, None, :]
+        out[:, :, t] = torch.einsum("bhkv,bhk->bhv", S, q[:, :, t])
+        states[t] = S
+    return out, states
+
+
 def chunked_gated_delta_rule(q, k, v, g, beta, state, chunk: int = CHUNK):
     """Chunked form for prefill; equal to `recurrent_gated_delta_rule` up to fp32 rounding."""
     B, H, T, Dk = k.shape

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .cache import DeltaNetCache, KVCache
 from .causal_attention import causal_attention
-from .delta_rule import chunked_gated_delta_rule, recurrent_gated_delta_rule
+from .delta_rule import chunked_gated_delta_rule, recurrent_gated_delta_rule, recurrent_gated_delta_rule_states
 from .rope import apply_rope
 from .scratch import metered_device, temporary
 
@@ -122,7 +122,7 @@ class GatedDeltaNet:
         qkv = self.in_proj_qkv(x)                      # [B, T, conv_dim]
         z = self.in_proj_z(x).view(B, T, Hv, Dv)
         b, a = self.in_proj_b(x), self.in_proj_a(x)    # [B, T, Hv]
-        if T == 1 and self.decode_step is not None:
+        if T == 1 and self.decode_step is not None and not cache.keep_slots:
             o = self.decode_step(qkv[:, 0], a[:, 0], b[:, 0], self.conv_weight, cache.conv, self.A_log,
                                  self.dt_bias, cache.state)          # [B, Hv, Dv] fp32
             o = o.to(x.dtype).view(B, 1, Hv, Dv)
@@ -138,6 +138,7 @@ class GatedDeltaNet:
         K = cfg.linear_conv_kernel_dim
         seq = torch.cat([cache.conv.to(qkv.device, qkv.dtype), qkv.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
         cache.conv.copy_(seq[:, :, -(K - 1):])
+        cache.slots = 0  # any earlier verify's slots are stale now
         w = self.conv_weight.to(qkv.dtype)
         conv = F.conv1d(seq, w.unsqueeze(1), groups=C)                              # [B, C, T]
         qkv = F.silu(conv).transpose(1, 2)
@@ -153,7 +154,12 @@ class GatedDeltaNet:
         beta = torch.sigmoid(b).float()
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
         q, k, v, g, beta = (t.transpose(1, 2).contiguous() for t in (q, k, v, g, beta))
-        rule = recurrent_gated_delta_rule if T == 1 else chunked_gated_delta_rule
-        o, S = rule(q, k, v, g, beta, cache.state.to(q.device))
+        if cache.keep_slots:  # a verify forward: the state after every position (rollback = index)
+            o, states = recurrent_gated_delta_rule_states(q, k, v, g, beta, cache.state.to(q.device))
+            cache.record(seq, states)
+            S = states[-1]
+        else:
+            rule = recurrent_gated_delta_rule if T == 1 else chunked_gated_delta_rule
+            o, S = rule(q, k, v, g, beta, cache.state.to(q.device))
         cache.state.copy_(S)
         return o.transpose(1, 2).to(dtype)             # [B, T, Hv, Dv]
