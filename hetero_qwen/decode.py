@@ -44,6 +44,19 @@ class Generation:
     def decode_tokens_per_s(self) -> float:
         return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
 
+    def _ends_after(self, token: int) -> bool:
+        """Whether the reply ends after `token` (just yielded), with `finish_reason` set: a stop id,
+        the length limit, or no room in the context for feeding it."""
+        if token in self.stop_ids:
+            self.finish_reason = STOP
+        elif self.max_new_tokens is not None and len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = LENGTH
+        elif self.cached() + 1 > self.context:
+            self.finish_reason = CONTEXT
+        else:
+            return False
+        return True
+
     def __iter__(self) -> Iterator[int]:
         logits = self.logits
         while True:
@@ -53,14 +66,7 @@ class Generation:
             self.sampler.accept(token)
             self.tokens.append(token)
             yield token
-            if token in self.stop_ids:
-                self.finish_reason = STOP
-                return
-            if self.max_new_tokens is not None and len(self.tokens) >= self.max_new_tokens:
-                self.finish_reason = LENGTH
-                return
-            if self.cached() + 1 > self.context:
-                self.finish_reason = CONTEXT
+            if self._ends_after(token):
                 return
             t0 = time.perf_counter()
             logits = self.feed([token])
@@ -148,14 +154,7 @@ class SpeculativeGeneration(Generation):
         while True:
             self.tokens.append(token)
             yield token
-            if token in self.stop_ids:
-                self.finish_reason = STOP
-                return
-            if self.max_new_tokens is not None and len(self.tokens) >= self.max_new_tokens:
-                self.finish_reason = LENGTH
-                return
-            if self.cached() + 1 > self.context:
-                self.finish_reason = CONTEXT
+            if self._ends_after(token):
                 return
             t0 = time.perf_counter()
             out = self._step(token)
