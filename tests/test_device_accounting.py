@@ -43,7 +43,7 @@ def test_busy_time_on_a_real_gpu_comes_from_cuda_events(monkeypatch):
     cpu = Device("cpu", "cpu", None)
     with cpu.busy():
         sum(range(1000))
-    assert 0 < cpu.busy_seconds < 1
+    assert cpu.busy_seconds > 0  # perf_counter on the CPU: it ran (no bound on how long)
 
 
 def test_logits_are_moved_to_the_host_in_the_compute_dtype_and_counted(hf_causal):
