@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..sampling import PRESETS
-from .common import (DraftTokensOpt, DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (ModePresetOpt, DraftTokensOpt, DtypeOpt, ImageMaxPixelsOpt, ImageMinPixelsOpt, MinPOpt, TextOnlyOpt, ModelOpt, MtpOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 
@@ -22,9 +21,7 @@ def chat(
         None, "--hide-thinking/--show-thinking",
         help="Hide or show the reasoning (default: shown dim on a terminal, hidden in a pipe)"),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt"),
-    preset: Optional[str] = typer.Option(
-        None, "--preset", help=f"Sampling preset: {', '.join(PRESETS)} (default: thinking-general when "
-                               f"thinking, instruct otherwise)"),
+    preset: Optional[str] = ModePresetOpt,
     temperature: Optional[float] = TemperatureOpt,
     top_p: Optional[float] = TopPOpt,
     top_k: Optional[int] = TopKOpt,

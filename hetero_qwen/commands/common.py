@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ..sampling import PRESETS
+
 from ..errors import InputError
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint directory (default: the embedded tiny random model)")
@@ -24,6 +26,9 @@ ImageMinPixelsOpt = typer.Option(None, "--image-min-pixels", min=1,
 ImageMaxPixelsOpt = typer.Option(None, "--image-max-pixels", min=1,
                                  help="Largest image size in pixels; bigger images are resized (default: the processor's)")
 TextOnlyOpt = typer.Option(False, "--text-only", help="Skip the vision tower: no images, its memory freed")
+# chat and serve: no preset means the model card's mode preset (thinking-general / instruct)
+ModePresetOpt = typer.Option(None, "--preset", help=f"Sampling preset: {', '.join(PRESETS)} (default: "
+                                                    f"thinking-general when thinking, instruct otherwise)")
 DtypeOpt = typer.Option(None, "--dtype", help="Compute dtype: bf16 | fp32 (default: checkpoint's)")
 
 

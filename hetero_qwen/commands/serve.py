@@ -9,7 +9,7 @@ import typer
 
 from ..errors import HeteroQwenError, InputError
 from ..sampling import PRESETS
-from .common import (DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
+from .common import (ModePresetOpt, DtypeOpt, MinPOpt, ModelOpt, PresencePenaltyOpt, ProfileOpt, RepetitionPenaltyOpt, TemperatureOpt,
                      TopKOpt, TopPOpt, resolve_model, say)
 
 SERVE_EXTRA = "pip install 'hetero-qwen[serve]'  (fastapi, uvicorn, sse-starlette)"
@@ -26,9 +26,7 @@ def serve(
                                                     help="The model id clients send (default: the checkpoint folder's name)"),
     think: bool = typer.Option(True, "--think/--no-think",
                                help="Thinking for requests that do not set enable_thinking"),
-    preset: Optional[str] = typer.Option(
-        None, "--preset", help=f"Sampling preset: {', '.join(PRESETS)} (default: thinking-general when "
-                               f"thinking, instruct otherwise)"),
+    preset: Optional[str] = ModePresetOpt,
     temperature: Optional[float] = TemperatureOpt,
     top_p: Optional[float] = TopPOpt,
     top_k: Optional[int] = TopKOpt,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import FormatInfo, IntGroupWeight, QuantFormatError, need, pack_nibbles, unpack_nibbles
+from .spec import FormatInfo, IntGroupWeight, QuantFormatError, check_int4_packing, need, pack_nibbles, unpack_nibbles
 
 SUFFIXES = ("qweight", "qzeros", "scales")
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -28,12 +28,7 @@ def read_awq(parts: dict[str, torch.Tensor], base: str, info: FormatInfo) -> Int
     scales = need(parts, "scales", base)
     n_in, n_out = qweight.shape[0], qweight.shape[1] * 8
     groups = scales.shape[0]
-    if qweight.dtype != torch.int32 or qzeros.dtype != torch.int32:
-        raise QuantFormatError(f"{base}.qweight/qzeros: expected int32 4-bit packing, got "
-                               f"{qweight.dtype}/{qzeros.dtype}")
-    if tuple(scales.shape) != (groups, n_out) or tuple(qzeros.shape) != (groups, n_out // 8):
-        raise QuantFormatError(f"{base}.scales {list(scales.shape)} / qzeros {list(qzeros.shape)} do not "
-                               f"match qweight {list(qweight.shape)} (AWQ GEMM: [in, out/8])")
+    check_int4_packing(base, qweight, qzeros, scales, n_out, "AWQ GEMM: [in, out/8]")
     gs = info.group_size if info.group_size and info.group_size > 0 else n_in
     if -(-n_in // gs) != groups:
         raise QuantFormatError(f"{base}.scales: {groups} groups, but {n_in} inputs in groups of {gs} "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import FormatInfo, IntGroupWeight, QuantFormatError, need, pack_nibbles, unpack_nibbles
+from .spec import FormatInfo, IntGroupWeight, QuantFormatError, check_int4_packing, need, pack_nibbles, unpack_nibbles
 
 SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -32,12 +32,7 @@ def read_gptq(parts: dict[str, torch.Tensor], base: str, info: FormatInfo) -> In
     scales = need(parts, "scales", base)
     n_in, n_out = qweight.shape[0] * 8, qweight.shape[1]
     groups = scales.shape[0]
-    if qweight.dtype != torch.int32 or qzeros.dtype != torch.int32:
-        raise QuantFormatError(f"{base}.qweight/qzeros: expected int32 4-bit packing, got "
-                               f"{qweight.dtype}/{qzeros.dtype}")
-    if tuple(scales.shape) != (groups, n_out) or tuple(qzeros.shape) != (groups, n_out // 8):
-        raise QuantFormatError(f"{base}.scales {list(scales.shape)} / qzeros {list(qzeros.shape)} do not "
-                               f"match qweight {list(qweight.shape)} (4-bit: [in/8, out])")
+    check_int4_packing(base, qweight, qzeros, scales, n_out, "4-bit: [in/8, out]")
     g_idx = parts.get("g_idx")
     gs = info.group_size if info.group_size and info.group_size > 0 else n_in
     if g_idx is None:

@@ -95,3 +95,15 @@ def need(tensors: dict, name: str, where: str) -> torch.Tensor:
     if t is None:
         raise QuantFormatError(f"{where}: quantized weight is missing tensor {name}")
     return t
+
+
+def check_int4_packing(base: str, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                       n_out: int, layout: str) -> None:
+    """qweight/qzeros int32 4-bit packed, scales [groups, out] and qzeros [groups, out/8] (GPTQ, AWQ)."""
+    if qweight.dtype != torch.int32 or qzeros.dtype != torch.int32:
+        raise QuantFormatError(f"{base}.qweight/qzeros: expected int32 4-bit packing, got "
+                               f"{qweight.dtype}/{qzeros.dtype}")
+    groups = scales.shape[0]
+    if tuple(scales.shape) != (groups, n_out) or tuple(qzeros.shape) != (groups, n_out // 8):
+        raise QuantFormatError(f"{base}.scales {list(scales.shape)} / qzeros {list(qzeros.shape)} do not "
+                               f"match qweight {list(qweight.shape)} ({layout})")
