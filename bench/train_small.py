@@ -112,9 +112,16 @@ class MtpModule(torch.nn.Module):
         return self.norm(x[0] if isinstance(x, tuple) else x)
 
 
-def losses(model, mtp, ids):
-    """(next-token loss, MTP next-next-token loss) on ids [B, T]."""
-    out = model.model(input_ids=ids)
+def losses(model, mtp, ids, mtp_pre=None):
+    """(next-token loss, MTP next-next-token loss, MTP output, main hidden, pre-norm MTP loss,
+    its output) on ids [B, T]. `mtp_pre` (optional) is a second MTP layer fed the hidden state
+    before the final norm, trained alongside to decide which one the runtime feeds."""
+    seen = {}
+    hook = model.model.norm.register_forward_hook(lambda mod, inp, out: seen.__setitem__("pre", inp[0]))
+    try:
+        out = model.model(input_ids=ids)
+    finally:
+        hook.remove()
     h = out.last_hidden_state                                   # after the final norm
     main = F.cross_entropy(model.lm_head(h[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
     pos = torch.arange(ids.shape[1] - 1, device=ids.device)[None]
@@ -122,7 +129,11 @@ def losses(model, mtp, ids):
     emb = model.model.embed_tokens(ids[:, 1:])                 # x_{p+1} with h_p at position p
     m = mtp(emb, h[:, :-1], pe)
     extra = F.cross_entropy(model.lm_head(m[:, :-1]).flatten(0, 1), ids[:, 2:].flatten())
-    return main, extra, m
+    extra_pre, m_pre = torch.zeros(()), None
+    if mtp_pre is not None:
+        m_pre = mtp_pre(emb, seen["pre"][:, :-1], pe)
+        extra_pre = F.cross_entropy(model.lm_head(m_pre[:, :-1]).flatten(0, 1), ids[:, 2:].flatten())
+    return main, extra, m, h, extra_pre, m_pre
 
 
 def batches(tokens: torch.Tensor, batch: int, g: torch.Generator):
@@ -132,21 +143,36 @@ def batches(tokens: torch.Tensor, batch: int, g: torch.Generator):
 
 
 @torch.no_grad()
-def evaluate(model, mtp, tokens: torch.Tensor, windows: int = 32) -> tuple[float, float]:
-    """(held-out perplexity, MTP next-next-token top-1 accuracy) over fixed windows."""
-    model.eval()
-    mtp.eval()
-    nll, acc, n = 0.0, 0.0, 0
+def evaluate(model, mtp, tokens: torch.Tensor, windows: int = 32, mtp_pre=None) -> dict:
+    """Over fixed held-out windows: perplexity, the MTP layer's next-next-token top-1 accuracy, and
+    its agreement with the main model's own greedy choice one position later (the greedy
+    acceptance of a 1-token draft, teacher-forced), for the post-norm and pre-norm variants."""
+    mods = [m for m in (model, mtp, mtp_pre) if m is not None]
+    for m in mods:
+        m.eval()
+    nll, n = 0.0, 0
+    acc = {"post": 0.0, "pre": 0.0}
+    agree = {"post": 0.0, "pre": 0.0}
     step = max(1, (tokens.numel() - SEQ - 1) // windows)
     for s in range(0, step * windows, step):
         ids = tokens[s:s + SEQ][None]
-        main, _, m = losses(model, mtp, ids)
+        main, _, m, h, _, m_pre = losses(model, mtp, ids, mtp_pre)
         nll += float(main)
-        acc += float((model.lm_head(m[:, :-1]).argmax(-1) == ids[:, 2:]).float().mean())
+        greedy_next = model.lm_head(h[:, 1:-1]).argmax(-1)      # main model's choice for x_{p+2}
+        for key, out in (("post", m), ("pre", m_pre)):
+            if out is None:
+                continue
+            draft = model.lm_head(out[:, :-1]).argmax(-1)
+            acc[key] += float((draft == ids[:, 2:]).float().mean())
+            agree[key] += float((draft == greedy_next).float().mean())
         n += 1
-    model.train()
-    mtp.train()
-    return math.exp(nll / n), acc / n
+    for m in mods:
+        m.train()
+    out = {"heldout_perplexity": math.exp(nll / n), "mtp_accuracy": acc["post"] / n,
+           "mtp_greedy_agreement": agree["post"] / n}
+    if mtp_pre is not None:
+        out.update(mtp_pre_norm_accuracy=acc["pre"] / n, mtp_pre_norm_greedy_agreement=agree["pre"] / n)
+    return out
 
 
 def save(model, mtp, out: Path, ids: dict) -> None:
@@ -179,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus-mb", type=float, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-pre-norm-twin", action="store_true",
+                    help="skip training a second MTP layer on the pre-norm hidden state (the comparison)")
     ap.add_argument("--eval-windows", type=int, default=32, help="held-out windows of 256 tokens")
     ap.add_argument("--out", type=Path, default=default_tiny_dir().parent / "small-trained")
     a = ap.parse_args(argv)
@@ -200,8 +228,11 @@ def main(argv=None) -> int:
     cfg = model_config(ids["eos"], ids["endoftext"])
     model = Qwen3_5ForCausalLM(cfg)
     mtp = MtpModule(cfg, full_layer_idx=cfg.layer_types.index("full_attention"))
+    mtp_pre = None if a.no_pre_norm_twin else MtpModule(cfg, full_layer_idx=cfg.layer_types.index("full_attention"))
     params = list(model.parameters()) + list(mtp.parameters())
     n_params = sum(p.numel() for p in params)
+    if mtp_pre is not None:
+        params += list(mtp_pre.parameters())
     print(f"model: {n_params / 1e6:.1f}M parameters (MTP {sum(p.numel() for p in mtp.parameters()) / 1e6:.1f}M)",
           flush=True)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -210,21 +241,25 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(a.seed)
     data = batches(train, a.batch, g)
     for step in range(a.steps):
-        main, extra, _ = losses(model, mtp, next(data))
-        loss = main + a.mtp_weight * extra
+        main, extra, _, _, extra_pre, _ = losses(model, mtp, next(data), mtp_pre)
+        loss = main + a.mtp_weight * (extra + extra_pre)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0 or step == a.steps - 1:
-            print(f"step {step}: loss {main.item():.3f}, mtp {extra.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+            print(f"step {step}: loss {main.item():.3f}, mtp {extra.item():.3f}, pre-norm mtp "
+                  f"{extra_pre.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
     save(model, mtp, a.out, ids)
-    ppl, acc = evaluate(model, mtp, held, a.eval_windows)
-    print(f"held-out perplexity {ppl:.2f}; MTP next-next-token accuracy {acc:.3f}", flush=True)
+    if mtp_pre is not None:  # kept beside the checkpoint (not loaded by it) for the comparison
+        from safetensors.torch import save_file
+        save_file({f"mtp.{k}": v.detach().contiguous() for k, v in mtp_pre.state_dict().items()},
+                  str(a.out / "mtp-pre-norm.safetensors.twin"), metadata={"format": "pt"})
+    result = evaluate(model, mtp, held, a.eval_windows, mtp_pre)
+    print("held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
     (a.out / "train_small.json").write_text(json.dumps(dict(
-        steps=a.steps, seed=a.seed, params=n_params, heldout_perplexity=ppl, mtp_accuracy=acc,
-        seconds=round(time.time() - t0, 1)), indent=2))
+        steps=a.steps, seed=a.seed, params=n_params, **result, seconds=round(time.time() - t0, 1)), indent=2))
     print(f"saved to {a.out}", flush=True)
     return 0
 
