@@ -177,6 +177,12 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint")
         return self._shards[entry.shard].tensor(entry)
 
+    def is_fp8(self, name: str) -> bool:
+        """Whether `name` is stored as e4m3 with 128x128 block scales (the official FP8 layout)."""
+        e = self.entries.get(name)
+        return (e is not None and name + "_scale_inv" in self.entries
+                and self.raw(name).dtype == torch.float8_e4m3fn)
+
     def release(self, name: str) -> None:
         """Unmap the pages of `name` after it was copied to its home, so loading a model keeps
         host RSS near the resident size instead of resident + every byte read from the file."""

@@ -20,7 +20,9 @@ from .formats import FLOAT_BYTES, matrix_bytes
 SUPPORTED_MODEL_TYPES = ("qwen3_5", "qwen3_5_text")
 SUPPORTED_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
 HETERO_FORMATS = ("int8", "int4")  # `hetero_qwen_format` values written by `hetero-qwen quantize`
-PRESETS = {"qwen3.6-27b": "qwen3.6-27b.json", "qwen3.6-27b-fp8": "qwen3.6-27b-fp8.json"}
+# the real Qwen3.6-27B's config: bf16, the official FP8, and a GPTQ int4 download (AxisQuant's settings)
+PRESETS = {"qwen3.6-27b": "qwen3.6-27b.json", "qwen3.6-27b-fp8": "qwen3.6-27b-fp8.json",
+           "qwen3.6-27b-int4": "qwen3.6-27b-int4.json"}
 
 FULL = "full_attention"
 LINEAR = "linear_attention"

@@ -43,6 +43,20 @@ INT4_META_BYTES = 4  # fp16 scale + fp16 offset per group
 FP8_BLOCK = 128
 
 
+GPU_FORMATS = ("bf16", "fp32", "int8", "int4", "fp8")  # what the GPU runs (kernels/gpu_linear.py)
+
+
+def gpu_matrix_bytes(rows: int, cols: int, fmt: str) -> int:
+    """Bytes one `[rows, cols]` weight occupies on the GPU: as `matrix_bytes`, except that int4
+    (tinygemm, kernels/gpu_linear.Int4Linear) pads rows to 16 and inputs to whole 128-input tiles
+    (no padding on the 27B's shapes; the tiny test models pad)."""
+    if fmt == "int4":
+        rows_p, cols_p = -(-rows // 16) * 16, -(-cols // max(INT4_GROUP, 128)) * max(INT4_GROUP, 128)
+        groups = cols_p // INT4_GROUP
+        return rows_p * cols_p // 2 + rows_p * groups * INT4_META_BYTES
+    return matrix_bytes(rows, cols, fmt)
+
+
 def matrix_bytes(rows: int, cols: int, fmt: str) -> int:
     """Bytes one `[rows, cols]` weight occupies in format `fmt`, metadata included."""
     if fmt in FLOAT_BYTES:

@@ -36,6 +36,18 @@ CPU_OP_OVERHEAD = Measured(
     "model) plus the cold start of the op's matrices; fitted with CPU_KERNEL_EFFICIENCY (same benches); "
     "commits 7b354b5 / 3e41d89, 2026-11-29")
 
+# Share of bandwidth.gpu the GPU weight formats reach in batch-1 decode. NOT measured on our code yet
+# (no GPU has run it): derived from published whole-model decode figures, which include each runtime's
+# overheads (ANCHORS.md): bf16 25.6 tok/s x 54 GB and GPTQ-int4 62.3 tok/s x 15 GB on vLLM (the
+# AxisQuant card; ~1.8 TB/s card) give 0.77 and 0.52; llama.cpp Q4_K_M on a 4090 (1008 GB/s), 39.3
+# tok/s x 16.5 GB, gives 0.64. int8/fp8 between the two. `bench/gpu_check.py` measures ours; a
+# profile's `gpu.efficiency` overrides these.
+GPU_KERNEL_EFFICIENCY = Measured(
+    {"bf16": 0.8, "fp32": 0.8, "fp8": 0.7, "int8": 0.7, "int4": 0.6},
+    "published figures (RTX 4090 / a ~1.8 TB/s card), see the comment above",
+    "tokens/s x model bytes / card bandwidth from the ANCHORS.md table, set 2026-11-30 (issue 12), "
+    "until `python bench/gpu_check.py` measures our kernels on a GPU")
+
 # ---- kernel dispatch (hetero_qwen/kernels/dispatch.py)
 SMALL_BATCH = Measured(
     8, DEV_MACHINE,

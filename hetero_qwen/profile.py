@@ -1,12 +1,14 @@
 """Memory-budget profiles: a YAML file that describes one machine and how we may use it.
 
-    gpu:       {vram: 24GiB, reserve: 768MiB, flops: 150TFLOPS}   # vram absent or 0 = no GPU
+    gpu:       {vram: 24GiB, reserve: 768MiB, flops: 150TFLOPS,   # vram absent or 0 = no GPU
+                efficiency: {int4: 0.6, bf16: 0.8}}     # share of bandwidth.gpu per format (gpu_check)
     cpu:       {ram: 64GiB, threads: 16, reserve: 1GiB, pinned: 4GiB, flops: 1TFLOPS, efficiency: 0.8,
                 op_overhead: 80us}
     disk:      {spill: true}           # weights that do not fit in RAM are read from the mmap'd checkpoint
     context:   65536                   # tokens of KV cache to reserve
     policy:    auto                    # auto | layers | ffn-cpu
-    weights:   {gpu_dtype: bf16, cpu_dtype: int8}
+    weights:   {gpu_dtype: int4, cpu_dtype: int8}   # gpu_dtype auto (default): the planner picks
+               # among gpu_formats (default: bf16, int8, int4, or the checkpoint's own quantized format)
     bandwidth: {gpu: 1000GB/s, cpu: 70GB/s, pcie: 25GB/s, disk: 3GB/s}
     hop_latency: 15us                  # one hidden-state copy between GPU and CPU in decode
     prefill:   {chunk: 2048, stream: auto}   # tokens per forward; stream CPU blocks to the GPU: auto|on|off
@@ -16,6 +18,7 @@
     image_max_pixels: 16777216         # largest image the tower's working set is planned for (default: the processor's)
     overrides:                         # first regex match (re.search on the group name) wins
       - {match: 'layers\\.6[0-3]\\.mlp', home: gpu}
+      - {match: 'lm_head', dtype: bf16}   # a group's format (GPU: bf16|int8|int4|fp8; RAM: bf16|int8|int4)
 
 Every key is optional; `DEFAULTS` lists the values used when a key is absent. Errors are one line
 naming the file, line, key, the bad value and what is allowed.
@@ -34,7 +37,8 @@ from . import measured_defaults
 from .errors import ProfileError
 from .units import parse_duration, parse_flops, parse_rate, parse_size
 
-GPU_DTYPES = ("bf16", "fp32")  # what the executor runs on the GPU (fp32: exactness checks)
+GPU_FORMATS = ("bf16", "int8", "int4", "fp8")  # weight formats the GPU runs (kernels/gpu_linear.py)
+GPU_DTYPES = ("auto",) + GPU_FORMATS + ("fp32",)  # auto: the planner picks; fp32: exactness checks
 CPU_DTYPES = ("bf16", "int8", "int4", "fp32")
 HOMES = ("gpu", "cpu", "disk")
 STREAM_MODES = ("auto", "on", "off")
@@ -43,8 +47,9 @@ STREAM_MODES = ("auto", "on", "off")
 @dataclass(frozen=True)
 class Override:
     match: str  # regex, re.search against group names
-    home: str  # gpu | cpu | disk
+    home: str | None  # gpu | cpu | disk, or None: the policy decides
     line: int | None = None  # YAML line, for messages
+    dtype: str | None = None  # the group's weight format wherever it lives (None: the tier's)
 
     def matches(self, name: str) -> bool:
         return re.search(self.match, name) is not None
@@ -70,8 +75,13 @@ class Profile:
     disk_spill: bool = True  # weights beyond RAM may stay in the mmap'd checkpoint
     context: int = 32768
     policy: str = "auto"
-    gpu_dtype: str = "bf16"
+    gpu_dtype: str = "auto"  # auto: the planner picks among gpu_formats (planner/gpu_format_choice.py)
     cpu_dtype: str = "bf16"
+    gpu_formats: tuple | None = None  # formats `auto` may pick; None: by the checkpoint's format
+    # share of bandwidth.gpu the GPU formats reach: one share, ((fmt, share), ...), or None:
+    # measured_defaults.GPU_KERNEL_EFFICIENCY
+    gpu_efficiency: float | tuple | None = None
+    compute_dtype: str = "bf16"  # not a YAML key: set by planner.formats.resolve_formats
     bw_gpu: float = 900e9
     bw_cpu: float = 50e9
     bw_pcie: float = 25e9
@@ -92,9 +102,17 @@ class Profile:
         return self.vram > 0
 
     def home_override(self, name: str) -> str | None:
+        """The home of the first override that matches `name` and names one."""
         for o in self.overrides:
-            if o.matches(name):
+            if o.home is not None and o.matches(name):
                 return o.home
+        return None
+
+    def dtype_override(self, name: str) -> str | None:
+        """The format of the first override that matches `name` and names one."""
+        for o in self.overrides:
+            if o.dtype is not None and o.matches(name):
+                return o.dtype
         return None
 
     def replace(self, **changes) -> "Profile":
@@ -111,15 +129,29 @@ def _share(v) -> float:
     return float(v)
 
 
-def _efficiency(v) -> float | tuple:
-    """Share of bandwidth.cpu the kernels reach; up to 1.5, since the bandwidth is measured with
-    a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py: 110-122%). One share,
-    or a mapping {format: share} (what `hetero-qwen probe` writes) -> ((format, share), ...)."""
-    if isinstance(v, dict):
-        if not v or not set(v) <= set(CPU_DTYPES):
-            raise ValueError(f"is not a mapping of {' | '.join(CPU_DTYPES)} to shares")
-        return tuple(sorted((k, _share(s)) for k, s in v.items()))
-    return _share(v)
+def _efficiency_of(formats):
+    def parse(v) -> float | tuple:
+        """Share of the tier's bandwidth the kernels reach; up to 1.5, since the CPU bandwidth is
+        measured with a plain sum that our prefetching GEMVs out-read (bench/run_27b_cpu.py:
+        110-122%). One share, or a mapping {format: share} (what `hetero-qwen probe` writes) ->
+        ((format, share), ...)."""
+        if isinstance(v, dict):
+            if not v or not set(v) <= set(formats):
+                raise ValueError(f"is not a mapping of {' | '.join(formats)} to shares")
+            return tuple(sorted((k, _share(s)) for k, s in v.items()))
+        return _share(v)
+    return parse
+
+
+_efficiency = _efficiency_of(CPU_DTYPES)
+
+
+def _gpu_formats(v) -> tuple:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not set(v) <= set(GPU_FORMATS):
+        raise ValueError(f"is not a list of {' | '.join(GPU_FORMATS)}")
+    return tuple(dict.fromkeys(v))
 
 
 def _pos_int(v) -> int:
@@ -147,6 +179,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "gpu.vram": ("vram", parse_size, "a size, e.g. 24GiB, 16GB, 0 for no GPU"),
     "gpu.reserve": ("gpu_reserve", parse_size, "a size, e.g. 768MiB"),
     "gpu.flops": ("gpu_flops", parse_flops, "a FLOP rate, e.g. 150TFLOPS"),
+    "gpu.efficiency": ("gpu_efficiency", _efficiency_of(GPU_FORMATS + ("fp32",)),
+                       "a share in (0, 1.5], e.g. 0.7, or one per format, e.g. {int4: 0.6, bf16: 0.8}"),
     "cpu.ram": ("ram", parse_size, "a size, e.g. 64GiB"),
     "cpu.reserve": ("cpu_reserve", parse_size, "a size, e.g. 1GiB"),
     "cpu.threads": ("threads", _pos_int, "a positive integer"),
@@ -160,6 +194,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "policy": ("policy", None, "a policy name"),  # checked against the registry by the planner
     "weights.gpu_dtype": ("gpu_dtype", _choice(GPU_DTYPES), " | ".join(GPU_DTYPES)),
     "weights.cpu_dtype": ("cpu_dtype", _choice(CPU_DTYPES), " | ".join(CPU_DTYPES)),
+    "weights.gpu_formats": ("gpu_formats", _gpu_formats, "a list of " + " | ".join(GPU_FORMATS)
+                            + " (the formats gpu_dtype: auto may pick)"),
     "bandwidth.gpu": ("bw_gpu", parse_rate, "a bandwidth, e.g. 1000GB/s"),
     "bandwidth.cpu": ("bw_cpu", parse_rate, "a bandwidth, e.g. 70GB/s"),
     "bandwidth.pcie": ("bw_pcie", parse_rate, "a bandwidth, e.g. 25GB/s"),
@@ -173,6 +209,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "vision": ("vision", _bool, "on or off"),
     "image_max_pixels": ("image_max_pixels", _pos_int, "a positive number of pixels, e.g. 1048576"),
 }
+OVERRIDE_KEYS = ("match", "home", "dtype")
+OVERRIDE_DTYPES = GPU_FORMATS  # on the CPU, fp8 is not a format: such a group takes cpu_dtype there
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"overrides"})
 
 
@@ -262,30 +300,36 @@ def _parse_overrides(node, where: _Where) -> tuple[Override, ...]:
         return ()
     if not isinstance(node, yaml.SequenceNode):
         raise where.error(node.start_mark.line + 1, "overrides",
-                          "must be a list of {match: REGEX, home: gpu|cpu|disk}")
+                          "must be a list of {match: REGEX, home: gpu|cpu|disk, dtype: FORMAT}")
     out = []
     for i, item in enumerate(node.value):
         key = f"overrides[{i}]"
         line = item.start_mark.line + 1
         entry = {}
         for name, v, kline in _mapping_items(item, where, key):
-            if name not in ("match", "home"):
-                raise where.error(kline, f"{key}.{name}",
-                                  f"unknown key; {_suggest(name, ('match', 'home'))}allowed: match, home")
+            if name not in OVERRIDE_KEYS:
+                raise where.error(kline, f"{key}.{name}", f"unknown key; {_suggest(name, OVERRIDE_KEYS)}"
+                                  f"allowed: {', '.join(OVERRIDE_KEYS)}")
             entry[name] = (_plain(v), kline)
-        for need in ("match", "home"):
-            if need not in entry:
-                raise where.error(line, key, f"missing '{need}' (an override is {{match: REGEX, home: gpu|cpu|disk}})")
+        if "match" not in entry:
+            raise where.error(line, key, "missing 'match' (an override is {match: REGEX, home: gpu|cpu|disk, "
+                                         "dtype: FORMAT})")
+        if "home" not in entry and "dtype" not in entry:
+            raise where.error(line, key, "names neither 'home' nor 'dtype'; give one or both")
         pattern, pline = entry["match"]
         try:
             re.compile(str(pattern))
         except re.error as e:
             raise where.error(pline, f"{key}.match", f"{pattern!r} is not a valid regex ({e})") from None
-        home, hline = entry["home"]
-        if home not in HOMES:
+        home, hline = entry.get("home", (None, None))
+        if home is not None and home not in HOMES:
             raise where.error(hline, f"{key}.home", f"{home!r} is not allowed; {_suggest(str(home), HOMES)}"
                               f"use {' | '.join(HOMES)}")
-        out.append(Override(str(pattern), home, line))
+        dtype, dline = entry.get("dtype", (None, None))
+        if dtype is not None and dtype not in OVERRIDE_DTYPES:
+            raise where.error(dline, f"{key}.dtype", f"{dtype!r} is not allowed; "
+                              f"{_suggest(str(dtype), OVERRIDE_DTYPES)}use {' | '.join(OVERRIDE_DTYPES)}")
+        out.append(Override(str(pattern), home, line, dtype))
     return tuple(out)
 
 

@@ -11,6 +11,7 @@ from hetero_qwen.config import ModelConfig
 from hetero_qwen.errors import ProfileError
 from hetero_qwen.planner.context import PlanContext
 from hetero_qwen.planner.formats import resolve_formats
+from hetero_qwen.planner.gpu_format_choice import choose_gpu_format
 from hetero_qwen.planner.run_policy import run_policy
 from hetero_qwen.planner.plan import Plan
 from hetero_qwen.profile import Profile
@@ -45,9 +46,11 @@ def make_plan(cfg: ModelConfig, profile: Profile, policy: str | None = None,
     profile = resolve_formats(cfg, profile, compute_dtype)
     name = check_policy(policy or profile.policy, "--policy" if policy else profile.source)
     if vision is None or not profile.vision:
-        return run_policy(PlanContext(cfg, profile, model), name, POLICIES[name])
+        return choose_gpu_format(cfg, profile, lambda prof: run_policy(PlanContext(cfg, prof, model), name,
+                                                                      POLICIES[name]))
     from hetero_qwen.planner.vision import max_pixels_for, plan_with_tower
     profile = profile.replace(image_max_pixels=max_pixels_for(profile, model))
-    return plan_with_tower(lambda prof: run_policy(PlanContext(cfg, resolve_formats(cfg, prof, compute_dtype), model),
-                                                   name, POLICIES[name]),
-                           profile, vision, 4 if compute_dtype == "fp32" else 2, compute_dtype)
+    return choose_gpu_format(cfg, profile, lambda fprof: plan_with_tower(
+        lambda prof: run_policy(PlanContext(cfg, resolve_formats(cfg, prof, compute_dtype), model), name,
+                                POLICIES[name]),
+        fprof, vision, 4 if compute_dtype == "fp32" else 2, compute_dtype))

@@ -2,7 +2,7 @@
 executor tests and the device-placement checks."""
 
 IDS = [(11 * i + 5) % 300 + 1 for i in range(150)]
-BASE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256,
+BASE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256, "weights": {"gpu_dtype": "bf16"},
         "prefill": {"chunk": 64}, "workload": {"prompt_tokens": 128, "output_tokens": 64}}
 
 

@@ -8,7 +8,7 @@ from hetero_qwen.planner.build import cyclic_changes
 from hetero_qwen.planner.items import Item, build_items
 from hetero_qwen.profile import Profile
 
-P = Profile(vram=8 * 2**30, cpu_efficiency=1.0, cpu_op_overhead=0.0, bw_gpu=1000e9, bw_cpu=50e9, bw_pcie=25e9, bw_disk=2e9,
+P = Profile(vram=8 * 2**30, cpu_efficiency=1.0, gpu_efficiency=1.0, cpu_op_overhead=0.0, bw_gpu=1000e9, bw_cpu=50e9, bw_pcie=25e9, bw_disk=2e9,
             gpu_flops=100e12, cpu_flops=1e12, hop_latency=10e-6)
 # a 0.5 B-parameter block stored in 1 GB (bf16)
 FFN = Item("b.mlp", "ffn", 0, params=500_000_000, bytes_gpu=10**9, bytes_cpu=10**9, bytes_disk=10**9, row_bytes={})
@@ -22,6 +22,20 @@ def test_decode_is_bytes_over_bandwidth_of_home():
     assert cost.decode_time(FFN, "gpu", 0, P) == pytest.approx(1e9 / 1000e9)  # 1 ms
     assert cost.decode_time(FFN, "cpu", 0, P) == pytest.approx(1e9 / 50e9)  # 20 ms
     assert cost.decode_time(FFN, "disk", 0, P) == pytest.approx(1e9 / 2e9)  # 0.5 s
+
+
+def test_gpu_weights_read_at_their_format_share():
+    """Each GPU format at its share of bandwidth.gpu (profile `gpu.efficiency` per format, else the
+    published defaults); caches at the bf16 share."""
+    from dataclasses import replace
+    per_fmt = P.replace(gpu_efficiency=(("bf16", 0.8), ("int4", 0.5)))
+    int4 = replace(FFN, fmt_gpu="int4")
+    assert cost.decode_time(int4, "gpu", 0, per_fmt) == pytest.approx(1e9 / 500e9)
+    assert cost.decode_time(FFN, "gpu", 0, per_fmt) == pytest.approx(1e9 / 800e9)
+    assert cost.decode_time(replace(DELTA, fmt_gpu="int4"), "gpu", 0, per_fmt) == pytest.approx(
+        2000 / 500e9 + 2 * 10**6 / 800e9)
+    default = P.replace(gpu_efficiency=None)
+    assert cost.decode_time(int4, "gpu", 0, default) == pytest.approx(1e9 / (1000e9 * cost.GPU_KERNEL_EFFICIENCY["int4"]))
 
 
 def test_decode_kv_grows_with_position_and_state_is_read_and_written():

@@ -202,12 +202,13 @@ def test_example_profiles_plan_the_27b(path):
 
 def test_27b_decode_prediction_is_the_roofline():
     """Decode is memory bound: time = sum over tiers of bytes read / bandwidth + hops * t_hop."""
-    profile = load_profile("placement_policies/profiles/gpu24-ram64.yaml")
+    profile = load_profile("placement_policies/profiles/gpu24-ram64.yaml").replace(gpu_dtype="bf16", cpu_dtype="bf16")
     plan = make_plan(CFG_27B, profile, "auto")
     b, pr = plan.predicted.decode_bytes, plan.predicted
-    from hetero_qwen.planner.cost import CPU_KERNEL_EFFICIENCY, tier_bandwidth
+    from hetero_qwen.planner.cost import CPU_KERNEL_EFFICIENCY, GPU_KERNEL_EFFICIENCY, tier_bandwidth
     cpu_ops = sum(g.decode_device == "cpu" and g.kind != "embed" for g in plan.groups)
-    roofline = (b["gpu"] / profile.bw_gpu + b["cpu"] / tier_bandwidth(profile, "cpu")
+    gpu_bw = profile.bw_gpu * GPU_KERNEL_EFFICIENCY["bf16"]  # weights and caches: all bf16 on the GPU
+    roofline = (b["gpu"] / gpu_bw + b["cpu"] / tier_bandwidth(profile, "cpu")
                 + b["disk"] / tier_bandwidth(profile, "disk") + pr.hops_decode * profile.hop_latency
                 + cpu_ops * profile.cpu_op_overhead)
     # the kernels' measured share of the bandwidth, per CPU format
@@ -217,3 +218,19 @@ def test_27b_decode_prediction_is_the_roofline():
     weights = sum(g.bytes for g in plan.groups if g.kind != "embed") + 5120 * 2
     caches = b["gpu"] + b["cpu"] + b["disk"] - weights
     assert 0 < caches < 2**30
+
+
+def test_27b_int4_decode_prices_each_group_in_its_format():
+    """A quantized GPU plan: each group's weights at its own format's share of the GPU bandwidth
+    (int4 layers, int8 head), caches at the bf16 share."""
+    from hetero_qwen.planner.cost import GPU_KERNEL_EFFICIENCY
+    profile = load_profile("placement_policies/profiles/gpu24-ram64.yaml").replace(gpu_dtype="int4")
+    plan = make_plan(CFG_27B, profile, "auto")
+    assert all(g.home == "gpu" for g in plan.groups)
+    assert {g.kind: g.dtype for g in plan.groups if g.kind in ("head", "embed", "ffn")} == {
+        "head": "int8", "embed": "bf16", "ffn": "int4"}
+    weights = sum(g.bytes / GPU_KERNEL_EFFICIENCY[g.dtype] for g in plan.groups if g.kind != "embed")
+    weights += 5120 * 2 / GPU_KERNEL_EFFICIENCY["bf16"]  # one embedding row
+    cache = plan.predicted.decode_bytes["gpu"] - sum(g.bytes for g in plan.groups if g.kind != "embed") - 5120 * 2
+    expected = (weights + cache / GPU_KERNEL_EFFICIENCY["bf16"]) / profile.bw_gpu
+    assert plan.predicted.decode_s_per_token == pytest.approx(expected, rel=1e-9)

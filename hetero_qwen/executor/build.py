@@ -60,9 +60,9 @@ def build_runner(ckpt: Checkpoint, placements: dict, devices: Devices, dtype: to
     head_g = groups["lm_head"]
     hp = placements[head_g.name]
     if cfg.tie_word_embeddings and "lm_head.weight" not in ckpt:
-        if device_of(hp.home) == device_of(ep.home):  # shared: the embedding's own weight
+        if device_of(hp.home) == device_of(ep.home) and hp.dtype == ep.dtype:  # shared: the embedding's own weight
             head_placed = PlacedGroup({"weight": embed.packed if isinstance(embed, PackedEmbedding) else embed})
-        else:  # planned on the other device: its own copy there (the plan counts the head's bytes)
+        else:  # on the other device or in another format: its own copy (the plan counts the head's bytes)
             head_placed = placer.place(embed_g, hp)
     else:
         head_placed = placer.place(head_g, hp)

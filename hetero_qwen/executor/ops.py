@@ -38,8 +38,9 @@ class OpBuilder:
             if d == "gpu" and p.home != "gpu":  # an off-GPU block computed on the GPU: staged
                 ops[d] = self._op(g, self._staged(g, placed.matrices), vec, False)
                 streamed.add(d)
-            elif d == "gpu":
-                ops[d] = self._op(g, {k: TorchLinear(w) for k, w in placed.matrices.items()}, vec, False)
+            elif d == "gpu":  # float tensors, or gpu_linear ops (int4/int8/fp8) that are the projection
+                ops[d] = self._op(g, {k: TorchLinear(w) if isinstance(w, torch.Tensor) else w
+                                      for k, w in placed.matrices.items()}, vec, False)
             elif p.home == "gpu":
                 raise PlanError(f"{g.name}: lives on the GPU but is planned to run on the CPU")
             elif g.kind == "ffn" and self.cpu_kernels_for(fmt):

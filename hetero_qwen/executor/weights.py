@@ -1,6 +1,10 @@
 """Build stage 1: put each weight group's matrices in its home tier, in the plan's format.
 
-  home gpu  : converted to the compute dtype and copied to the GPU (no full host copy first)
+  home gpu  : in the plan's GPU format: float in the compute dtype, copied to the GPU (no full host
+              copy first); int4 / int8 / fp8 as kernels.gpu_linear ops (a GPTQ/AWQ/compressed-tensors
+              int4 weight and the official FP8 weight keep their stored values where the layout allows:
+              quant_formats.repack.to_gpu_int4, Fp8BlockLinear.from_fp8); matrices the plan keeps in
+              float inside a quantized group (planner.group_formats.FLOAT_ON_GPU) stay float
   home cpu  : resident in host RAM (a huge-page arena) in the plan's format: floats in the compute
               dtype, int8/int4 packed for the CPU kernels; a mixer's input projections (the model's
               PACKED_MODULES) stored back to back so they can be read as one matrix
@@ -20,6 +24,7 @@ from ..config import WeightGroup
 from ..formats import QUANT_FORMATS
 from ..model.qwen3_5 import PACKED_MODULES
 from ..checkpoint import META_SUFFIX, Checkpoint, load_packed, quantized_names, tensor_name
+from ..planner.group_formats import GPU_QUANT, gpu_matrix_format
 from .devices import Devices, MemoryTier
 from .host_arena import HostArena
 
@@ -63,21 +68,49 @@ class WeightPlacer:
         fmt = storage_format(p)
         out, to_ram = {}, {}
         for local, shape in g.matrices:
-            w = self._source(g, local, shape, p, fmt)
             if p.home == "gpu":
-                out[local] = self.devices.gpu.place(w.to(self.dtype), g.name)
+                out[local] = self._gpu_weight(g, local, shape, p)
                 self.release(g, local)
-            elif p.home == "disk" and (_fmt_of(w) == fmt or (fmt == "float" and w.dtype == self.dtype)):
+                continue
+            w = self._source(g, local, shape, p, fmt)
+            if p.home == "disk" and (_fmt_of(w) == fmt or (fmt == "float" and w.dtype == self.dtype)):
                 self.disk.alloc(_nbytes(w), g.name)  # a view of the mapped file: the page cache is this tier
                 out[local] = w
             else:  # RAM in the plan's format (a disk group whose dtype needs converting, too)
                 to_ram[local] = w.to(self.dtype) if fmt == "float" else self._pack(w, fmt)
         return self._settle(g, p, out, to_ram)
 
+    def _gpu_weight(self, g: WeightGroup, local: str, shape, p):
+        """One matrix on the GPU in its planned format: a float tensor or a gpu_linear op."""
+        compute = "fp32" if self.dtype == torch.float32 else "bf16"
+        mfmt = gpu_matrix_format(g.kind, local, p.dtype, compute)
+        gpu = self.devices.gpu
+        if mfmt not in GPU_QUANT:
+            w = self._source(g, local, shape, p, "float")
+            return gpu.place(w.to(self.dtype), g.name)
+        from ..kernels.gpu_linear import Fp8BlockLinear, gpu_linear_from_float
+        full, quant = self.name(g, local), self.ckpt.quant
+        if mfmt == "int4" and quant is not None and full in quant:  # GPTQ / AWQ / compressed-tensors
+            from ..quant_formats import to_gpu_int4
+            op, _exact = to_gpu_int4(quant.int_groups(full), device=gpu.torch)
+        elif mfmt == "fp8" and self.ckpt.is_fp8(full):  # the official FP8 checkpoint: as stored
+            op = Fp8BlockLinear.from_fp8(self.ckpt.raw(full), self.ckpt.raw(full + "_scale_inv"), device=gpu.torch)
+            self.ckpt.release(full + "_scale_inv")
+        else:
+            op = gpu_linear_from_float(self._source(g, local, shape, p, "float"), mfmt, device=gpu.torch)
+        gpu.memory.alloc(op.nbytes, g.name)
+        return op
+
     def _source(self, g, local, shape, p, fmt):
         """The checkpoint's weight: a PackedWeight as stored when the plan keeps that format
         off the GPU, else float (a pre-quantized weight bound elsewhere is dequantized once)."""
         full = self.name(g, local)
+        quant = self.ckpt.quant
+        if fmt == "int4" and p.home != "gpu" and quant is not None and full in quant:
+            from ..quant_formats import to_cpu_int4
+            rp = to_cpu_int4(quant.int_groups(full))  # the source's integers where our groups fit
+            if rp.perm is None:  # act-order needs an input gather our layout cannot store
+                return rp.weight
         if full not in self.prequantized:
             return self.read(g, local, shape)
         pw = load_packed(self.ckpt, full, shape)

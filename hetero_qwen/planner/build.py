@@ -40,7 +40,7 @@ def _placement(ctx: PlanContext, i: int, home: str, prefill_device: str) -> Grou
     it = ctx.items[i]
     cache = "kv" if it.kv_per_token else "state" if it.state_bytes else None
     return GroupPlacement(
-        name=it.name, kind=it.kind, layer=it.layer, bytes=it.nbytes(home), dtype=ctx.dtype_of(home),
+        name=it.name, kind=it.kind, layer=it.layer, bytes=it.nbytes(home), dtype=ctx.dtype_of(i, home),
         home=home, decode_device=cost.device_of(home), prefill_device=prefill_device,
         stream_prefill=prefill_device != cost.device_of(home),
         crossover_tokens=_crossover(ctx, i, home) if it.streamable and home != "gpu" else None,
@@ -131,11 +131,19 @@ def _predict(ctx: PlanContext, homes: list[str], pdev: list[str]) -> Prediction:
         bottleneck=_bottleneck(ctx, parts, dec_bytes, t_dec))
 
 
+def _main_format(ctx: PlanContext, tier: str) -> str | None:
+    """The format most of a tier's weight bytes are in (what its bandwidth share is quoted for)."""
+    by = {}
+    for it in ctx.items:
+        by[it.fmt(tier)] = by.get(it.fmt(tier), 0) + it.nbytes(tier)
+    return max(by, key=by.get) if by else None
+
+
 def _bottleneck(ctx: PlanContext, parts: dict, dec_bytes: dict, total: float) -> str:
     name = max(parts, key=parts.get)
     share = 100 * parts[name] / total
     if name == "hops":
         return f"GPU<->CPU hops ({share:.0f}% of decode time)"
-    bw = cost.tier_bandwidth(ctx.p, name) / 1e9
+    bw = cost.tier_bandwidth(ctx.p, name, _main_format(ctx, name)) / 1e9
     what = {"gpu": "GPU memory", "cpu": "CPU memory", "disk": "disk (mmap) reads"}[name]
     return f"{what}: {fmt_bytes(dec_bytes[name])} per token at {bw:g} GB/s ({share:.0f}% of decode time)"

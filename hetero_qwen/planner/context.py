@@ -18,7 +18,8 @@ STATE_INDEX = {s: i for i, s in enumerate(STATES)}
 class PlanContext:
     def __init__(self, cfg: ModelConfig, profile: Profile, model: str = "model"):
         self.cfg, self.p, self.model = cfg, profile, model
-        self.items: list[Item] = build_items(cfg, profile.gpu_dtype, profile.cpu_dtype)
+        self.items: list[Item] = build_items(cfg, profile.gpu_dtype, profile.cpu_dtype, profile.dtype_override,
+                                             profile.compute_dtype)
         self.disk_dtype = checkpoint_format(cfg)
         self.chunks = cost.prompt_chunks(profile.prompt_tokens, profile.prefill_chunk)
         self.first_chunk = self.chunks[0][0]
@@ -45,13 +46,14 @@ class PlanContext:
     def forced_home(self, item: Item) -> str | None:
         return self.p.home_override(item.name)
 
-    def dtype_of(self, home: str) -> str:
-        return {"gpu": self.p.gpu_dtype, "cpu": self.p.cpu_dtype, "disk": self.disk_dtype}[home]
+    def dtype_of(self, i: int, home: str) -> str:
+        """The format item `i`'s weights are stored in when they live in `home`."""
+        return self.items[i].fmt(home)
 
     # ---- per-item costs --------------------------------------------------------------------
     def crossover(self, i: int, home: str) -> int | None:
         it = self.items[i]
-        key = (it.kind, it.params, it.nbytes(home), it.kv_per_token, it.state_bytes, home)
+        key = (it.kind, it.params, it.nbytes(home), it.fmt(home), it.kv_per_token, it.state_bytes, home)
         if key not in self._crossover:
             self._crossover[key] = cost.crossover_tokens(it, home, self.p)
         return self._crossover[key]

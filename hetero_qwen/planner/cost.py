@@ -22,20 +22,41 @@ MAX_CROSSOVER = 1 << 20  # tokens; beyond this we say streaming never wins
 # the dev machine (measured_defaults.py says how); `cpu.efficiency` (written by `hetero-qwen probe`
 # for this machine) overrides it, as one share or one per format.
 CPU_KERNEL_EFFICIENCY = measured_defaults.CPU_KERNEL_EFFICIENCY.value
+# The same for the GPU formats (published figures until bench/gpu_check.py measures ours); a
+# profile's `gpu.efficiency` overrides it.
+GPU_KERNEL_EFFICIENCY = measured_defaults.GPU_KERNEL_EFFICIENCY.value
 
 
-def cpu_efficiency(p: Profile) -> float:
-    e = p.cpu_efficiency
+def _share(profile_value, table: dict, fmt: str, default: float) -> float:
+    e = profile_value
     if isinstance(e, tuple):  # per format: ((fmt, share), ...)
-        e = dict(e).get(p.cpu_dtype)
-    return e or CPU_KERNEL_EFFICIENCY.get(p.cpu_dtype, 0.5)
+        e = dict(e).get(fmt)
+    return e or table.get(fmt, default)
 
 
-def tier_bandwidth(p: Profile, tier: str) -> float:
-    """Bytes/s an op reads weights from `tier` at: the CPU at its kernels' share of the RAM
-    bandwidth; the disk tier no faster than the CPU kernels either."""
-    cpu = p.bw_cpu * cpu_efficiency(p)
-    return {"gpu": p.bw_gpu, "cpu": cpu, "disk": min(p.bw_disk, cpu)}[tier]
+def cpu_efficiency(p: Profile, fmt: str | None = None) -> float:
+    return _share(p.cpu_efficiency, CPU_KERNEL_EFFICIENCY, fmt or p.cpu_dtype, 0.5)
+
+
+def gpu_efficiency(p: Profile, fmt: str | None = None) -> float:
+    fmt = fmt or (p.gpu_dtype if p.gpu_dtype != "auto" else "bf16")
+    return _share(p.gpu_efficiency, GPU_KERNEL_EFFICIENCY, fmt, 0.6)
+
+
+def tier_bandwidth(p: Profile, tier: str, fmt: str | None = None) -> float:
+    """Bytes/s an op reads weights stored as `fmt` (default: the tier's profile format) from `tier`
+    at: each device at its kernels' share of its bandwidth for that format; the disk tier no faster
+    than the CPU kernels either."""
+    if tier == "gpu":
+        return p.bw_gpu * gpu_efficiency(p, fmt)
+    cpu = p.bw_cpu * cpu_efficiency(p, fmt)
+    return cpu if tier == "cpu" else min(p.bw_disk, cpu)
+
+
+def cache_bandwidth(p: Profile, device: str) -> float:
+    """Bytes/s the KV cache and DeltaNet state are read at: on the GPU plain float tensors (the bf16
+    share); on the CPU at the kernels' share for the profile's CPU format (as fitted)."""
+    return p.bw_gpu * gpu_efficiency(p, "bf16") if device == "gpu" else tier_bandwidth(p, "cpu")
 
 
 def flop_rate(p: Profile, device: str) -> float:
@@ -68,8 +89,8 @@ def decode_time(item: Item, home: str, position: float, p: Profile) -> float:
     negligible, plus the cold start of the op's matrices; 80 us fitted on the mid and 27B decode
     benches). The embedding lookup is not an op in that sense."""
     dev = device_of(home)
-    mem = (decode_weight_bytes(item, home) / tier_bandwidth(p, home)
-           + decode_cache_bytes(item, position) / tier_bandwidth(p, dev))
+    mem = (decode_weight_bytes(item, home) / tier_bandwidth(p, home, item.fmt(home))
+           + decode_cache_bytes(item, position) / cache_bandwidth(p, dev))
     overhead = p.cpu_op_overhead if dev == "cpu" and item.kind != "embed" else 0.0
     return max(mem, decode_flops(item, position) / flop_rate(p, dev)) + overhead
 
@@ -98,7 +119,7 @@ def prefill_time(item: Item, home: str, device: str, n: int, prefix: int, p: Pro
     """Seconds for `item` over an n-token chunk; device != device_of(home) means streamed to the GPU."""
     wb, cb, fl = prefill_weight_bytes(item, home, n), prefill_cache_bytes(item, n, prefix), prefill_flops(item, n, prefix)
     if device == device_of(home):
-        mem = wb / tier_bandwidth(p, home) + cb / tier_bandwidth(p, device)
+        mem = wb / tier_bandwidth(p, home, item.fmt(home)) + cb / cache_bandwidth(p, device)
     else:  # weights and cache cross PCIe, overlapped with the previous block's compute
         mem = wb / stream_bandwidth(p, home) + cb / p.bw_pcie
     return max(mem, fl / flop_rate(p, device))

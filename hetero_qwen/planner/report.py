@@ -29,11 +29,35 @@ def layer_map(plan: Plan) -> list[str]:
             f"  mixer  {mixers}", f"  ffn    {ffns}"]
 
 
+def formats_by_tier(plan: Plan) -> list[str]:
+    """Per tier that holds weights: each group kind's format(s), e.g. `gpu: ffn int4, head int8`.
+    DeltaNet groups in a quantized GPU format keep in_proj_a/b in float (planner/group_formats.py)."""
+    from .group_formats import FLOAT_ON_GPU, GPU_QUANT
+    lines = []
+    for tier in ("gpu", "cpu", "disk"):
+        kinds: dict[str, set] = {}
+        for g in plan.groups:
+            if g.home == tier and g.kind != "vision":
+                kinds.setdefault(g.kind, set()).add(g.dtype)
+        if not kinds:
+            continue
+        parts = []
+        for kind in ("embed", "deltanet", "attention", "ffn", "head"):
+            if kind in kinds:
+                fmts = "/".join(sorted(kinds[kind]))
+                if tier == "gpu" and kind in FLOAT_ON_GPU and kinds[kind] & set(GPU_QUANT):
+                    fmts += f" ({'/'.join(n.split('.')[0] for n in FLOAT_ON_GPU[kind])} float)"
+                parts.append(f"{kind} {fmts}")
+        lines.append(f"  {tier:<5}{', '.join(parts)}")
+    return lines
+
+
 def render(plan: Plan) -> str:
     pr = plan.predicted
     out = [f"plan: {plan.model}, policy {plan.policy}, profile {plan.profile}, context {plan.context} tokens",
-           f"weights: gpu {plan.gpu_dtype}, cpu {plan.cpu_dtype}, disk {plan.disk_dtype} (checkpoint)",
-           "", "memory (used / budget):"]
+           f"weights: gpu {plan.gpu_dtype}, cpu {plan.cpu_dtype}, disk {plan.disk_dtype} (checkpoint); by group:"]
+    out += formats_by_tier(plan)
+    out += ["", "memory (used / budget):"]
     for name, t in plan.tiers.items():
         detail = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in t.lines.items() if v)
         flag = "" if t.fits else f"  SHORT BY {fmt_bytes(t.short_bytes)}"
