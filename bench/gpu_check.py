@@ -6,6 +6,12 @@ One run does, and writes one JSON file under $OUT (or --out):
      layers, for `ffn-cpu`, `layers` and `auto`, with the planner's prediction next to each figure,
      and the cases the simulated GPU cannot size: a prompt of three chunks on a long cache,
      disk-tier blocks streamed for prefill, and int8 / int4 blocks streamed and dequantized on the GPU;
+     the GPU weight formats (int4 tinygemm, int8, fp8) with the whole cut on the GPU, each with its
+     measured share of the card's bandwidth (--gpu-bw) next to the planner's assumption;
+  1b. each GPU weight format against the dequantized reference (tests/gpu_format_reference.py);
+  1c. the per-token launch overhead: the cut's layer count at tiny widths, all on the GPU, so the
+     weights cost nothing and what is left is kernel launches and Python, extrapolated to 64 layers
+     and compared with the planner's 27B int4 token time on a 24 GB card;
   3. HF accelerate `device_map="auto"` on the same checkpoint and the same max_memory, warmed up
      and timed exactly as ours.
 The VRAM cap is scaled to the cut model: cap = --vram * (layers/64) (+ embed and head share) so the
@@ -121,8 +127,8 @@ def equivalence(results: dict, simulate: bool = False, out: str | None = None) -
              ("untied", "ffn-cpu", "64MB", {"prefill": stream}, 1e-4),
              ("untied", "auto", "900KB", {"bandwidth": slow_cpu}, 1e-4),
              ("untied", "auto", "900KB", {"bandwidth": slow_cpu, "prefill": stream}, 1e-4),
-             ("untied", "ffn-cpu", "64MB", {"prefill": stream, "weights": {"cpu_dtype": "int8"}}, 2e-2),
-             ("untied", "ffn-cpu", "64MB", {"prefill": stream, "weights": {"cpu_dtype": "int4"}}, 2e-1),
+             ("untied", "ffn-cpu", "64MB", {"prefill": stream, "weights": {"gpu_dtype": "bf16", "cpu_dtype": "int8"}}, 2e-2),
+             ("untied", "ffn-cpu", "64MB", {"prefill": stream, "weights": {"gpu_dtype": "bf16", "cpu_dtype": "int4"}}, 2e-1),
              ("tied", "layers", "64MB", {"overrides": [{"match": "embed_tokens", "home": "cpu"},
                                                        {"match": "lm_head", "home": "gpu"}]}, 1e-4),
              ("tied", "layers", "64MB", {"overrides": [{"match": "embed_tokens", "home": "gpu"},
@@ -153,6 +159,79 @@ def equivalence(results: dict, simulate: bool = False, out: str | None = None) -
                 row["ok"] = row["prefill_rel_err"] < tol and row["decode_rel_err"] < tol
                 s.close()
             run_row(rows, row, body, lambda: out and save(results, out), label="equivalence")
+
+
+FORMAT_TOLERANCE = {"int8": 1e-2, "int4": 3e-2, "fp8": 8e-2}  # CUDA: bf16 tinygemm, fp8 activations
+
+
+def format_equivalence(results: dict, simulate: bool = False, out: str | None = None) -> None:
+    """Each GPU weight format, whole model on the GPU and split, against transformers with the same
+    stored values (fp32 reference; on CUDA int4 runs tinygemm in bf16 and fp8 quantizes activations,
+    hence the looser tolerances there; simulated: 1e-4)."""
+    import hetero_qwen
+    from gpu_format_reference import dequantized_reference
+    from hf_models import hf_logits, make_hf_model, save_hf_model
+    ids = [(7 * i + 3) % 300 + 1 for i in range(150)]
+    rows = results["format_equivalence"] = []
+    with tempfile.TemporaryDirectory() as root:
+        hf = make_hf_model("causal", seed=0)
+        d = save_hf_model(hf, Path(root) / "m")
+        for fmt in ("int4", "int8", "fp8"):
+            for policy, vram in (("layers", "64MB"), ("layers", "500KB")):
+                tol = 1e-4 if simulate else FORMAT_TOLERANCE[fmt]
+                prof = {"gpu": {"vram": vram, "reserve": "0MiB"}, "cpu": {"ram": "1GiB", "threads": 4, "reserve": "0MiB"},
+                        "context": 256, "policy": policy, "prefill": {"chunk": 64}, "weights": {"gpu_dtype": fmt},
+                        "workload": {"prompt_tokens": 128, "output_tokens": 64}}
+                row = {"format": fmt, "policy": policy, "vram": vram, "tolerance": tol}
+
+                def body(row, prof=prof, tol=tol):
+                    eng = hetero_qwen.load(d, profile=prof, quiet=True, simulate_gpu=simulate)
+                    ref = hf_logits(dequantized_reference(hf, eng), ids)
+                    row["homes"] = "".join(g.home[0] for g in eng.plan.groups)
+                    got = eng.logits(ids).float().cpu()
+                    row["prefill_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
+                    s = eng.session()
+                    s.feed(ids[:100])
+                    row["decode_rel_err"] = max(float((s.feed([ids[i]])[-1].float().cpu() - ref[i]).abs().max()
+                                                      / ref.abs().max()) for i in range(100, 105))
+                    s.close()
+                    row["ok"] = row["prefill_rel_err"] < tol and row["decode_rel_err"] < tol
+                run_row(rows, row, body, lambda: out and save(results, out), label="format")
+
+
+def launch_overhead(results: dict, args) -> None:
+    """Seconds per decoded token of a model with the cut's layers at tiny widths, all on the GPU:
+    weights are negligible there, so this is the launch and Python cost per token; times 64/layers
+    for the 27B, against the planner's int4 token time on a 24 GB card."""
+    import hetero_qwen
+    from hetero_qwen.config import load_config
+    from hetero_qwen.profile import load_profile
+    from placement_policies import make_plan
+    row = {"case": "launch-overhead", "layers": args.layers}
+
+    def body(row):
+        with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+            write_27b_cut(Path(d), args.layers, device="cpu", text_overrides=SIM_SHAPES)
+            prof = {"gpu": {"vram": "1GB", "reserve": "0MiB"}, "cpu": {"ram": "4GiB", "threads": args.threads, "reserve": "0MiB"},
+                    "context": 512, "policy": "layers", "weights": {"gpu_dtype": "bf16"}}
+            eng = hetero_qwen.load(d, profile=prof, quiet=True, simulate_gpu=args.simulate)
+            s = eng.session()
+            first = lambda ids: int(s.feed(ids)[-1].argmax())  # noqa: E731
+            prompt = [(i * 31) % 300 + 10 for i in range(32)]
+            out = timed_generation(first, lambda t: int(s.feed([t])[-1].argmax()), prompt, 32, args.simulate)
+            s.close()
+        per_token = 1.0 / out["decode_tokens_per_s"]
+        row["s_per_token"] = per_token
+        row["s_per_token_at_64_layers"] = per_token * 64 / args.layers
+        plan = make_plan(load_config("qwen3.6-27b"),
+                         load_profile(str(ROOT / "placement_policies/profiles/gpu24-ram64.yaml")))
+        row["planned_27b_int4_s_per_token"] = plan.predicted.decode_s_per_token
+        row["share_of_27b_int4_token"] = row["s_per_token_at_64_layers"] / (
+            row["s_per_token_at_64_layers"] + plan.predicted.decode_s_per_token)
+        row["cuda_graphs_needed"] = row["share_of_27b_int4_token"] > 0.2  # issue 12: above 20%, capture
+        row["ok"] = True
+    results["launch_overhead"] = []
+    run_row(results["launch_overhead"], row, body, lambda: args.out and save(results, args.out), label="launch")
 
 
 def attention_check(results: dict, simulate: bool, out: str | None) -> None:
@@ -278,8 +357,10 @@ def speed_cases(args, cap: int) -> list[tuple[str, dict, dict]]:
     # the policy comparison
     return [("long-prompt", {**base, "policy": "auto", "context": ctx_long}, long),
             ("long-prompt-streamed", {**base, "policy": "ffn-cpu", "context": ctx_long, "prefill": stream}, long),
-            ("int8-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int8"}}, plain),
-            ("int4-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"cpu_dtype": "int4"}}, plain),
+            ("int8-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"gpu_dtype": "bf16", "cpu_dtype": "int8"}}, plain),
+            ("int4-streamed", {**base, "policy": "ffn-cpu", "prefill": stream, "weights": {"gpu_dtype": "bf16", "cpu_dtype": "int4"}}, plain),
+            *[(f"gpu-{fmt}", {**base, "policy": "layers", "weights": {"gpu_dtype": fmt, "cpu_dtype": "int4"}}, plain)
+              for fmt in ("int4", "int8", "fp8")],
             ("disk-streamed", {**base, "policy": "ffn-cpu", "prefill": stream,
                                "overrides": [{"match": r"layers\.\d+\.mlp", "home": "disk"}]}, plain),
             ("ffn-cpu", {**base, "policy": "ffn-cpu"}, plain),
@@ -368,6 +449,15 @@ def speed_row(row: dict, d: str, prof: dict, prompt: list[int], cached: int, cap
         row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         row["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
     row["within_cap"] = row["peak_gpu_reserved_bytes"] <= cap
+    if all(g.home == "gpu" for g in eng.plan.groups if g.kind != "embed"):  # a GPU format's roofline
+        from hetero_qwen.planner.cost import gpu_efficiency
+        from hetero_qwen.profile import load_profile
+        from hetero_qwen.units import parse_rate
+        gpu_bytes = eng.plan.predicted.decode_bytes["gpu"]
+        row["decode_gpu_bytes_per_token"] = gpu_bytes
+        row["achieved_gpu_bandwidth"] = gpu_bytes * row["decode_tokens_per_s"]
+        row["roofline_fraction"] = row["achieved_gpu_bandwidth"] / parse_rate(args.gpu_bw)
+        row["planner_share"] = gpu_efficiency(load_profile(prof), eng.plan.gpu_dtype)
 
 
 def accelerate_row(row: dict, d: str, cap: int, prompt: list[int], args) -> dict:
@@ -432,6 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode", type=int, default=16)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--cpu-bw", default="100GB/s")
+    ap.add_argument("--gpu-bw", default="4800GB/s", help="the card's memory bandwidth, for the roofline fraction "
+                    "(default: an H200's 4.8 TB/s)")
     ap.add_argument("--pcie-bw", default="50GB/s")
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--skip-speed", action="store_true")
@@ -460,7 +552,10 @@ def main(argv: list[str] | None = None) -> None:
         attention_check(results, args.simulate, args.out)
         if not args.skip_equivalence:
             equivalence(results, simulate=args.simulate, out=args.out)
-            print("all equal" if all(r.get("ok") for r in results["equivalence"]) else "MISMATCH", flush=True)
+            format_equivalence(results, simulate=args.simulate, out=args.out)
+            ok = all(r.get("ok") for r in results["equivalence"] + results["format_equivalence"])
+            print("all equal" if ok else "MISMATCH", flush=True)
+        launch_overhead(results, args)
         if not args.skip_speed:
             speed(results, args)
     finally:

@@ -137,6 +137,8 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
     engine = Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
                     plan=plan, prefill_chunk=prof.prefill_chunk, mtp=drafter)
     attach_vision(engine, ckpt, mm, plan, prof, dtype)
+    if engine.vision is None and mm is not None and prof.vision:  # quantizers often drop the tower
+        _say(f"images are off: {engine.vision_note}", quiet)
     return engine
 
 

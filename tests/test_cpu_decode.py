@@ -19,7 +19,7 @@ FOLLOW = [(29 * i + 3) % 300 + 1 for i in range(12)]
 def load(path, fmt, dtype="fp32"):
     return hetero_qwen.load(path, dtype=dtype, quiet=True,
                             profile={"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256,
-                                     "weights": {"cpu_dtype": fmt}})
+                                     "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}})
 
 
 def decode_logits(eng, fast: bool) -> torch.Tensor:

@@ -112,7 +112,7 @@ def test_tied_head_with_a_packed_cpu_embedding(fmt, hf_tied):
     """A tied head sharing an int8/int4 CPU embedding uses its packed weight."""
     hf, path = hf_tied
     prof = {**profile("layers", "64MB", overrides=[{"match": "embed_tokens|lm_head", "home": "cpu"}]),
-            "weights": {"cpu_dtype": fmt}}
+            "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}}
     eng = hetero_qwen.load(path, profile=prof, quiet=True, dtype="bf16")
     ref = hf_logits(hf, IDS[:20])
     got = eng.logits(IDS[:20])
@@ -154,7 +154,7 @@ def test_cpu_fast_path_runs_on_a_machine_with_a_gpu(hf_causal, monkeypatch):
     if not cpp.available():
         pytest.skip("C++ kernels not built")
     _, path = hf_causal
-    prof = {**profile("layers", "700KB"), "weights": {"cpu_dtype": "int8"}}
+    prof = {**profile("layers", "700KB"), "weights": {"gpu_dtype": "bf16", "cpu_dtype": "int8"}}
     eng = hetero_qwen.load(path, profile=prof, quiet=True)
     devs = {layer.mixer.decode_device for layer in eng.runner.layers}
     assert devs == {"gpu", "cpu"} and eng.runner.op_hook is not None and eng.runner.cpu_decode is not None

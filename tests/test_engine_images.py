@@ -109,7 +109,7 @@ def decode_logits(eng, prep, ids, follow, fast: bool, delta_shift: int = 0) -> t
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 def test_decode_after_an_image_on_the_cpu_fast_path(fx, fmt):
     o = fx.oracle["two"]
-    eng = load(fx, {**CPU, "weights": {"cpu_dtype": fmt}}, dtype="bf16" if fmt == "bf16" else "fp32")
+    eng = load(fx, {**CPU, "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}}, dtype="bf16" if fmt == "bf16" else "fp32")
     assert eng.runner.cpu_decode is not None and eng.runner._fast_path(1, 1) is not None
     prep = prepared(fx, "two")
     fast = decode_logits(eng, prep, o["ids"], o["greedy"][:8], True)
@@ -123,7 +123,7 @@ def test_decode_after_an_image_on_the_cpu_fast_path(fx, fmt):
 def test_decode_after_an_image_continues_at_the_right_positions(fx):
     """fp32 fast path vs HF's greedy: every generated token after the image prompt."""
     o = fx.oracle["one"]
-    eng = load(fx, {**CPU, "weights": {"cpu_dtype": "fp32"}}, dtype="fp32")
+    eng = load(fx, {**CPU, "weights": {"gpu_dtype": "bf16", "cpu_dtype": "fp32"}}, dtype="fp32")
     s = eng.session()
     logits = s.feed(o["ids"], images=prepared(fx, "one"))[-1]
     out = []

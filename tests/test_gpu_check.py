@@ -17,8 +17,8 @@ from executor_cases import IDS, profile
 from helpers import ROOT, load_bench, rel_err
 from hf_models import hf_logits
 
-SPEED_CASES = ["long-prompt", "long-prompt-streamed", "int8-streamed", "int4-streamed", "disk-streamed",
-               "ffn-cpu", "layers", "auto"]
+SPEED_CASES = ["long-prompt", "long-prompt-streamed", "int8-streamed", "int4-streamed", "gpu-int4", "gpu-int8",
+               "gpu-fp8", "disk-streamed", "ffn-cpu", "layers", "auto"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,22 @@ def test_simulated_run_writes_every_speed_row_under_its_cap(simulated_run):
     assert rows["int4-streamed"]["streamed_bytes"] > 0
     assert rows["int4-streamed"]["planned_gpu_lines"]["dequant_tile_working_set"] > 0
     assert "skipped" in rows["hf-accelerate"]
+    for fmt in ("int4", "int8", "fp8"):  # whole cut on the GPU in each format, with its roofline share
+        r = rows[f"gpu-{fmt}"]
+        assert set(r["homes"]) <= {"g", "c"} and r["homes"][1:].count("c") == 0, r["homes"]
+        assert r["roofline_fraction"] > 0 and 0 < r["planner_share"] <= 1
+    assert rows["gpu-int4"]["decode_gpu_bytes_per_token"] < rows["gpu-int8"]["decode_gpu_bytes_per_token"]
+    (lo,) = simulated_run["launch_overhead"]
+    assert lo["s_per_token_at_64_layers"] == pytest.approx(lo["s_per_token"] * 16) and lo["planned_27b_int4_s_per_token"] > 0
+
+
+def test_gpu_formats_equal_their_dequantized_reference_in_the_check():
+    gc = load_bench("gpu_check")
+    results = {}
+    gc.format_equivalence(results, simulate=True)
+    rows = results["format_equivalence"]
+    assert len(rows) == 6 and all(r["ok"] for r in rows), rows
+    assert {r["format"] for r in rows} == {"int4", "int8", "fp8"}
 
 
 def test_a_failing_row_keeps_its_error_and_later_rows_run(simulated_run):

@@ -2,18 +2,14 @@
 reference (transformers with each GPU-resident matrix replaced by what its format stores), fp32 within
 1e-4 of the logit scale, within the plan's predicted peaks; the plan decides each group's format."""
 
-import copy
-
 import pytest
 import torch
 
 import hetero_qwen
 from executor_cases import IDS, profile
+from gpu_format_reference import dequantized_reference
 from helpers import rel_err
 from hf_models import hf_logits
-from hetero_qwen.checkpoint import tensor_name
-from hetero_qwen.kernels.gpu_linear import gpu_linear_from_float
-from hetero_qwen.planner.group_formats import GPU_QUANT, gpu_matrix_format
 
 FORMATS = ("int8", "int4", "fp8")
 POLICIES = {
@@ -24,33 +20,6 @@ POLICIES = {
 }
 
 
-def dequantized_reference(hf, eng):
-    """A copy of the HF model whose GPU-resident matrices hold their format's stored values."""
-    ref = copy.deepcopy(hf)
-    params = dict(ref.named_parameters())
-    groups = {g.name: g for g in eng.cfg.weight_groups()}
-    n = 0
-    for p in eng.plan.groups:
-        if p.home != "gpu" or p.name not in groups:
-            continue
-        g = groups[p.name]
-        for local, _ in g.matrices:
-            fmt = gpu_matrix_format(g.kind, local, p.dtype, "fp32")
-            if fmt not in GPU_QUANT:
-                continue
-            name = tensor_name(g.name, g.kind, local, eng.cfg)
-            if name not in params:  # a tied head: the embedding's weight, quantized for the head only
-                assert g.kind == "head"
-                ref.lm_head.weight = torch.nn.Parameter(params["model.embed_tokens.weight"].detach().clone())
-                params[name] = ref.lm_head.weight
-            w = params[name]
-            with torch.no_grad():
-                w.copy_(gpu_linear_from_float(w.detach(), fmt).reference_weight())
-            n += 1
-    assert n > 0
-    return ref
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("label", list(POLICIES))
 def test_gpu_format_equals_dequantized_reference(fmt, label, hf_causal):
@@ -59,8 +28,7 @@ def test_gpu_format_equals_dequantized_reference(fmt, label, hf_causal):
     prof = profile(kw.pop("policy"), kw.pop("vram", "64MB"), weights={"gpu_dtype": fmt}, **kw)
     eng = hetero_qwen.load(path, profile=prof, quiet=True)
     on_gpu = [g for g in eng.plan.groups if g.home == "gpu"]
-    assert on_gpu and all(g.dtype == ("fp32" if g.kind == "embed" else "int8" if g.kind == "head" and fmt == "int4"
-                                      else fmt) for g in on_gpu)
+    assert on_gpu and all(g.dtype == ("fp32" if g.kind == "embed" else "int8" if g.kind == "head" else fmt) for g in on_gpu)
     expected = hf_logits(dequantized_reference(hf, eng), IDS)
     assert rel_err(eng.logits(IDS), expected) < 1e-4
     s = eng.session()

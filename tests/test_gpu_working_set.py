@@ -106,7 +106,7 @@ class LargestFloatTensor(TorchDispatchMode):
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_streamed_dequantization_holds_one_tile_and_charges_it(fmt, hf_causal, monkeypatch):
     hf, path = hf_causal
-    prof = {**profile("ffn-cpu", prefill={"chunk": 64, "stream": "on"}), "weights": {"cpu_dtype": fmt}}
+    prof = {**profile("ffn-cpu", prefill={"chunk": 64, "stream": "on"}), "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}}
     eng = hetero_qwen.load(path, profile=prof, quiet=True)
     slot = eng.runner.layers[0].ffn
     assert "gpu" in slot.streamed

@@ -70,7 +70,7 @@ def test_loaded_cpu_weights_live_in_the_arena(hf_causal, fmt):
     """Engine weights on the CPU are arena copies (huge pages), not views of the mapped file."""
     _, path = hf_causal
     eng = hetero_qwen.load(path, quiet=True, dtype="bf16", profile={"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"},
-                                                                    "weights": {"cpu_dtype": fmt}})
+                                                                    "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}})
     arena = eng.runner.host_arena
     ffn = eng.runner.layers[0].ffn.ops["cpu"].fused.kernel
     mixer = eng.runner.layers[0].mixer.ops["cpu"]

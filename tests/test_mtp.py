@@ -194,7 +194,7 @@ def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt, dtype):
     path) and plain decoding (the one-token fast path) round differently, yet pick the same tokens
     on this checkpoint (a near-tie could in principle differ; fp32 differs only in summation order)."""
     _, path = mtp_ckpt
-    _check_greedy(load(path, dtype=dtype, weights={"cpu_dtype": fmt}))
+    _check_greedy(load(path, dtype=dtype, weights={"gpu_dtype": "bf16", "cpu_dtype": fmt}))
 
 
 def test_caches_after_speculative_decode_equal_plain_decode(mtp_ckpt):

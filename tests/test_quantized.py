@@ -13,7 +13,7 @@ IDS = [(11 * i + 5) % 300 + 1 for i in range(150)]
 
 
 def cpu_profile(fmt):
-    return {"cpu": {"ram": "2GiB", "threads": 2}, "weights": {"cpu_dtype": fmt}}
+    return {"cpu": {"ram": "2GiB", "threads": 2}, "weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}}
 
 
 @pytest.mark.parametrize("fmt,threshold", [("int8", 0.95), ("int4", 0.70)])

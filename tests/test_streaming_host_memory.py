@@ -44,7 +44,7 @@ def slots(eng):
 def test_streamed_weights_stay_in_a_page_locked_arena_of_their_exact_size(hf_causal, monkeypatch, fmt):
     _, path = hf_causal
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda *a, **k: pytest.fail("per-matrix pinning"))
-    prof = profile("layers", "64MB", prefill=STREAM_ON, weights={"cpu_dtype": fmt},
+    prof = profile("layers", "64MB", prefill=STREAM_ON, weights={"gpu_dtype": "bf16", "cpu_dtype": fmt},
                    overrides=[{"match": r"layers\.[02]\.", "home": "cpu"}])  # layers 0 and 2 stream whole
     eng = hetero_qwen.load(path, profile=prof, dtype="bf16", quiet=True)
     streamed = streamed_groups(eng)

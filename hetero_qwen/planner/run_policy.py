@@ -9,6 +9,7 @@ from ..errors import PlanError
 from .advice import infeasible_message
 from .build import build_plan, tiers_for
 from .context import PlanContext
+from .items import community_int4
 from .plan import Plan
 from .disk_spill import choose_spill, spill_candidates
 
@@ -53,5 +54,9 @@ def run_policy(ctx: PlanContext, name: str, choose: Chooser) -> Plan:
             if plan.fits and (best is None or plan.predicted.objective_s < best.predicted.objective_s):
                 best = plan
     if best is None:
-        raise PlanError(infeasible_message(ctx, name, tried))
+        hint = ""
+        if community_int4(ctx.cfg):
+            hint = (f"; this {community_int4(ctx.cfg)} checkpoint has no disk tier (its int4 packing is not what our "
+                    f"kernels read): `hetero-qwen quantize --format int4` repacks it into one that has")
+        raise PlanError(infeasible_message(ctx, name, tried) + hint)
     return best
