@@ -297,7 +297,10 @@ class Engine:
                           for name, t in self.plan.tiers.items() if t.used_bytes or t.budget_bytes and name != "disk")
         p = self.plan.predicted
         sim = " (GPU simulated)" if self.devices.gpu is not None and self.devices.gpu.simulated else ""
-        return (f"plan {self.plan.policy}: {tiers}{sim}; predicted decode {p.decode_tokens_per_s:.1f} tok/s, "
+        m = self.plan.mtp
+        spec = (f" ({m.decode_tokens_per_s_mtp:.1f} with MTP, {m.draft_tokens} drafts per step)"
+                if m is not None and m.draft_tokens and self.mtp is not None else "")
+        return (f"plan {self.plan.policy}: {tiers}{sim}; predicted decode {p.decode_tokens_per_s:.1f} tok/s{spec}, "
                 f"prefill {p.prefill_tokens_per_s:.0f} tok/s")
 
     def memory_report(self) -> dict:
