@@ -281,7 +281,7 @@ class Engine:
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Prefill logits for every position: fp32 [len(ids), vocab]."""
-        s = self.session()
+        s = self.session(mtp=False)  # no drafts: the MTP layer need not run
         try:
             return s.feed(list(ids), all_logits=True)
         finally:
