@@ -15,7 +15,8 @@ from hetero_qwen.config import load_config
 from hetero_qwen.errors import CheckpointError, InputError
 
 PROMPT = [(13 * i + 7) % 300 + 1 for i in range(24)]
-PROFILE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256}
+# mtp.draft_tokens fixed: these tests need the layer loaded whatever the plan would predict for it
+PROFILE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256, "mtp": {"draft_tokens": 2}}
 
 
 @pytest.fixture(scope="module")
