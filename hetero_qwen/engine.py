@@ -72,7 +72,8 @@ class Stats:
 class Session:
     """One sequence: the tokens already in the caches and the caches themselves."""
 
-    def __init__(self, engine: "Engine"):
+    def __init__(self, engine: "Engine", mtp: bool = True):
+        """`mtp` False: a session that never drafts, so its tokens skip the MTP layer."""
         self.engine = engine
         self.caches = engine.runner.new_caches(1, engine.context)
         self.tokens: list[int] = []
@@ -80,7 +81,7 @@ class Session:
         self.image_keys: list[tuple[int, str]] = []  # (token index, digest) of each image fed
         self.mtp = None  # speculative.MtpState when the engine has an MTP layer: fed with every token
         self._verified = None  # (start, ids, hidden) of the last verify forward, until commit
-        if engine.mtp is not None:
+        if engine.mtp is not None and mtp:
             from .speculative import MtpState
             self.mtp = MtpState(engine.mtp, engine.context)
 
@@ -146,6 +147,9 @@ class Session:
                 pos = images.positions_for(at, len(chunk))
                 kw = {"positions": pos, "image_rows": images.rows_for(at, len(chunk), self.engine.encode_images)}
             last = not all_logits
+            # With an MTP layer, every fed position also runs it (no head): a draft at position n attends
+            # to the MTP's own KV entries for all positions before n, so skipping any lowers acceptance
+            # for the rest of the session. Hence an engine loads the layer only when MTP is on.
             if self.mtp is not None and images is None:  # the MTP layer reads every position's hidden state
                 logits, hidden = runner.forward_hidden(torch.tensor([chunk]), self.caches, self.next_position,
                                                        last_only=last)
@@ -217,8 +221,10 @@ class Engine:
         self.vision_device = None   # executor Device the plan runs the tower on
         self.vision_note = ""       # why images are refused (no tower, --text-only)
         self.mtp = mtp  # executor.mtp.MtpDrafter when the checkpoint's MTP layer is loaded
-        # Until the planner prices draft + verify: k = 2, the model card's num_speculative_tokens.
+        # drafts per step when a request does not say: the plan's k (the loader sets it, planner/mtp.py);
+        # k = 2, the model card's num_speculative_tokens, for an engine built without a plan that prices it
         self.draft_tokens = DEFAULT_DRAFT_TOKENS
+        self.mtp_note = ""  # why the layer is not loaded when the checkpoint has one (the loader says)
 
     # ---- tokenizer ------------------------------------------------------------------------
     @property
@@ -269,12 +275,13 @@ class Engine:
         return rows
 
     # ---- public API -----------------------------------------------------------------------
-    def session(self) -> Session:
-        return Session(self)
+    def session(self, mtp: bool = True) -> Session:
+        """A new sequence; `mtp` False: one that never drafts (its tokens skip the MTP layer)."""
+        return Session(self, mtp)
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Prefill logits for every position: fp32 [len(ids), vocab]."""
-        s = self.session()
+        s = self.session(mtp=False)  # no drafts: the MTP layer need not run
         try:
             return s.feed(list(ids), all_logits=True)
         finally:
@@ -290,7 +297,10 @@ class Engine:
                           for name, t in self.plan.tiers.items() if t.used_bytes or t.budget_bytes and name != "disk")
         p = self.plan.predicted
         sim = " (GPU simulated)" if self.devices.gpu is not None and self.devices.gpu.simulated else ""
-        return (f"plan {self.plan.policy}: {tiers}{sim}; predicted decode {p.decode_tokens_per_s:.1f} tok/s, "
+        m = self.plan.mtp
+        spec = (f" ({m.decode_tokens_per_s_mtp:.1f} with MTP, {m.draft_tokens} drafts per step)"
+                if m is not None and m.draft_tokens and self.mtp is not None else "")
+        return (f"plan {self.plan.policy}: {tiers}{sim}; predicted decode {p.decode_tokens_per_s:.1f} tok/s{spec}, "
                 f"prefill {p.prefill_tokens_per_s:.0f} tok/s")
 
     def memory_report(self) -> dict:
@@ -310,8 +320,8 @@ class Engine:
                  draft_tokens: int | None = None) -> Iterator[int]:
         """Stream new token ids. Stops after an eos/stop id (which is yielded) or max_new_tokens.
         `images`: vision_input.PreparedImages for the placeholder runs in `ids`, in order;
-        `mtp`: speculative decoding with the MTP layer (None: on when the checkpoint has one);
-        `draft_tokens`: drafts per step (None: the engine's default)."""
+        `mtp`: speculative decoding with the MTP layer (None: as the plan says, when the layer is loaded);
+        `draft_tokens`: drafts per step (None: the plan's k, `engine.draft_tokens`; 0: off)."""
         params = params or SamplingParams(temperature, top_p, top_k, min_p, presence_penalty,
                                           repetition_penalty, seed)
         k = self.speculation(mtp, draft_tokens)
@@ -323,13 +333,13 @@ class Engine:
         if draft_tokens is not None and draft_tokens < 0:
             raise InputError(f"--draft-tokens must be >= 0 (got {draft_tokens})")
         if mtp and self.mtp is None:
-            raise InputError("this checkpoint has no MTP layer (mtp.* tensors): use --no-mtp")
+            raise InputError(self.mtp_note or "this checkpoint has no MTP layer (mtp.* tensors): use --no-mtp")
         if mtp is False or self.mtp is None:
             return 0
         return self.draft_tokens if draft_tokens is None else draft_tokens
 
     def _generate(self, ids, max_new_tokens, params, stop, session, images=None, k: int = 0) -> Iterator[int]:
-        session = session or self.session()
+        session = session or self.session(mtp=k > 0)  # a one-off reply without drafts skips the MTP layer
         self.check_ids(ids, already=len(session.tokens))
         sampler = Sampler(params, session.tokens + ids, self.cfg.vocab_size)
         self.stats = stats = Stats(prompt_tokens=len(ids))

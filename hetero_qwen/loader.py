@@ -93,10 +93,13 @@ class TierProgress:
 def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | None = None,
          context: int | None = None, quiet: bool = False, policy: str | None = None,
          simulate_gpu: bool | None = None, text_only: bool = False,
-         image_max_pixels: int | None = None, mtp: bool | None = None) -> Engine:
+         image_max_pixels: int | None = None, mtp: bool | None = None,
+         draft_tokens: int | None = None) -> Engine:
     """Load a Qwen3.5/3.6 checkpoint directory into an Engine placed by the profile's plan.
     `text_only` (or the profile's `vision: off`) neither plans nor loads the vision tower;
-    `mtp`: load the MTP layer for speculative decoding (None: when the checkpoint has it; False: not)."""
+    `mtp`: load the MTP layer for speculative decoding (None: when the checkpoint has it and the plan
+    predicts it pays; True: at the plan's best k >= 1; False: not); `draft_tokens`: plan for that k
+    (0: off). Both replace the profile's `mtp.draft_tokens` (planner/mtp.py with_request)."""
     from placement_policies import make_plan
 
     if is_preset(path_or_preset):
@@ -117,6 +120,11 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         prof = prof.replace(vision=False)
     if image_max_pixels:  # the tower's working set is planned for the largest image allowed
         prof = prof.replace(image_max_pixels=image_max_pixels)
+    if ckpt.mtp_missing() is None:  # the plan places (and charges) the MTP layer only when it will load
+        from .planner.mtp import with_request
+        prof = with_request(prof, mtp, draft_tokens)
+    else:
+        prof = prof.replace(mtp_draft_tokens=0)
     mm = load_multimodal_config(path)
     plan = make_plan(cfg, prof, policy=policy, model=str(path),
                      compute_dtype="fp32" if dtype == torch.float32 else "bf16",
@@ -131,11 +139,17 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
         runner = build_runner(ckpt, {g.name: g for g in plan.groups}, devices, dtype, on_loaded=bars)
     finally:
         bars.close()
-    drafter = _load_mtp(ckpt, runner, plan, mtp, quiet, prof.context)
+    insist = True if mtp or draft_tokens else False if mtp is False or draft_tokens == 0 else None
+    drafter = _load_mtp(ckpt, runner, plan, insist, quiet, prof.context)
     if devices.gpu is not None:
         runner.op_hook = working_set_hook(devices)
     engine = Engine(cfg, runner, path, prof.context, eos_ids=generation_eos_ids(path) or cfg.eos_token_ids,
                     plan=plan, prefill_chunk=prof.prefill_chunk, mtp=drafter)
+    if drafter is not None and plan.mtp is not None:  # generate/chat default to the plan's k
+        engine.draft_tokens = plan.mtp.draft_tokens
+    elif drafter is None and plan.mtp is not None and ckpt.mtp_missing() is None:
+        engine.mtp_note = (f"the MTP layer is not loaded ({plan.mtp.reason}); load with --mtp or "
+                           f"--draft-tokens K to use it")
     attach_vision(engine, ckpt, mm, plan, prof, dtype)
     if engine.vision is None and mm is not None and prof.vision:  # quantizers often drop the tower
         _say(f"images are off: {engine.vision_note}", quiet)
@@ -168,8 +182,10 @@ def attach_vision(engine: Engine, ckpt: Checkpoint, mm, plan, prof: Profile, dty
 
 
 def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool, context: int):
-    """The MTP drafter in the head's placement, or None (said in one line when the config declares
-    an MTP layer the checkpoint lacks, as quantizers often leave it out)."""
+    """The MTP drafter where the plan places it, or None: off by the user, by the plan (no gain, or
+    no room), or because the checkpoint lacks it (said in one line when the config declares an MTP
+    layer, as quantizers often leave it out). Not loaded when off: a loaded layer runs on every
+    token fed (its KV cache needs every position), so off must mean absent."""
     if mtp is False:
         return None
     why = ckpt.mtp_missing()
@@ -184,9 +200,10 @@ def _load_mtp(ckpt: Checkpoint, runner, plan, mtp: bool | None, quiet: bool, con
     head = next(g for g in plan.groups if g.kind == "head")
     place = mtp_placement(ckpt.cfg, plan, head, context, runner.dtype)
     if place is None:
+        why = (plan.mtp.reason.removeprefix("off: ") if plan.mtp is not None else
+               "its weights and KV cache do not fit the memory the plan leaves free")
         if mtp:
-            raise ConfigError("cannot use MTP: its weights and KV cache do not fit the memory the plan leaves free")
-        _say("MTP speculative decoding is off: its weights and KV cache do not fit the memory the plan leaves free",
-             quiet)
+            raise ConfigError(f"cannot use MTP: {why}")
+        _say(f"MTP speculative decoding is off: {why}", quiet)
         return None
     return build_mtp(ckpt, runner, place, _kernels())

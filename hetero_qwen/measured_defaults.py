@@ -48,6 +48,14 @@ GPU_KERNEL_EFFICIENCY = Measured(
     "tokens/s x model bytes / card bandwidth from the ANCHORS.md table, set 2026-11-30 (issue 12), "
     "until `python bench/gpu_check.py` measures our kernels on a GPU")
 
+# ---- speculative decoding (hetero_qwen/planner/mtp.py): the acceptance k is chosen for until measured
+MTP_ACCEPTANCE = Measured(
+    0.8, "Qwen3.6-27B in other runtimes (published, not measured here: random weights accept nothing)",
+    "expected per-draft acceptance of the 27B's MTP layer: llama.cpp with MTP on an RTX 3090 at Q4 reports "
+    "79-87% (club-3090 issues 85, 94), a 12 GB laptop with part of the model in RAM 0.85 (qwen38-mtp issue "
+    "46); shared/ANCHORS.md. The low end, since it prices every draft alike; profile `mtp.acceptance` "
+    "overrides it; set in the commit that added planner/mtp.py, 2026-11-30")
+
 # ---- kernel dispatch (hetero_qwen/kernels/dispatch.py)
 SMALL_BATCH = Measured(
     8, DEV_MACHINE,

@@ -48,7 +48,7 @@ def locate_nonfinite(engine, tokens: list[int]) -> str | None:
     session = None
     try:
         model.op_hook = hook
-        session = engine.session()
+        session = engine.session(mtp=False)  # the model's ops only
         session.feed(tokens)
     except Exception:  # diagnosis only: the caller reports the failure either way
         pass

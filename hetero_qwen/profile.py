@@ -16,6 +16,7 @@
     server:    {prompt_cache: 4GiB}    # `serve`: host RAM for parked conversations' KV + DeltaNet copies
     vision:    on                      # off: never load or plan the vision tower (as --text-only)
     image_max_pixels: 16777216         # largest image the tower's working set is planned for (default: the processor's)
+    mtp:       {acceptance: 0.8, draft_tokens: auto}   # MTP drafts per step: auto (the planner's k) | 0..4
     overrides:                         # first regex match (re.search on the group name) wins
       - {match: 'layers\\.6[0-3]\\.mlp', home: gpu}
       - {match: 'lm_head', dtype: bf16}   # a group's format (GPU: bf16|int8|int4|fp8; RAM: bf16|int8|int4)
@@ -94,6 +95,8 @@ class Profile:
     server_prompt_cache: int = 4 * 2**30  # `serve` keeps recent conversations' caches within this
     vision: bool = True  # load and plan the vision tower of a checkpoint that has one
     image_max_pixels: int | None = None  # the tower's working set at this image size; None: the checkpoint's processor's
+    mtp_acceptance: float | None = None  # expected per-draft MTP acceptance; None: measured_defaults.MTP_ACCEPTANCE
+    mtp_draft_tokens: int | str = "auto"  # MTP drafts per step: "auto" (planner/mtp.py), "on" (best k >= 1), or k
     overrides: tuple[Override, ...] = ()
     source: str = "<defaults>"
 
@@ -154,6 +157,18 @@ def _gpu_formats(v) -> tuple:
     return tuple(dict.fromkeys(v))
 
 
+def _acceptance(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError("is not a share in [0, 1]")
+    return float(v)
+
+
+def _draft_tokens(v) -> int | str:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4):
+        return v
+    raise ValueError("is not allowed")
+
+
 def _pos_int(v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError("is not a positive integer")
@@ -208,6 +223,8 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "server.prompt_cache": ("server_prompt_cache", parse_size, "a size, e.g. 4GiB (0 keeps only the live one)"),
     "vision": ("vision", _bool, "on or off"),
     "image_max_pixels": ("image_max_pixels", _pos_int, "a positive number of pixels, e.g. 1048576"),
+    "mtp.acceptance": ("mtp_acceptance", _acceptance, "a share in [0, 1], e.g. 0.8"),
+    "mtp.draft_tokens": ("mtp_draft_tokens", _draft_tokens, "auto or a number of drafts 0..4"),
 }
 OVERRIDE_KEYS = ("match", "home", "dtype")
 OVERRIDE_DTYPES = GPU_FORMATS  # on the CPU, fp8 is not a format: such a group takes cpu_dtype there

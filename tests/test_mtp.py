@@ -15,7 +15,8 @@ from hetero_qwen.config import load_config
 from hetero_qwen.errors import CheckpointError, InputError
 
 PROMPT = [(13 * i + 7) % 300 + 1 for i in range(24)]
-PROFILE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256}
+# mtp.draft_tokens fixed: these tests need the layer loaded whatever the plan would predict for it
+PROFILE = {"cpu": {"ram": "1GiB", "threads": 2, "reserve": "0MiB"}, "context": 256, "mtp": {"draft_tokens": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +179,13 @@ def _check_greedy(eng, n=20):
 def test_greedy_equals_plain_decoding_for_every_policy(mtp_ckpt):
     from executor_cases import CASES
     _, path = mtp_ckpt
-    for label, profile in CASES.items():
-        eng = hetero_qwen.load(path, dtype="fp32", quiet=True, profile=profile, simulate_gpu=True)
+    for label, profile in CASES.items():  # --mtp: on even where the plan predicts no gain
         if label == "disk":  # RAM too small for the model: no room for the MTP layer either
-            assert eng.mtp is None
+            assert hetero_qwen.load(path, dtype="fp32", quiet=True, profile=profile, simulate_gpu=True).mtp is None
+            with pytest.raises(hetero_qwen.errors.ConfigError, match="cannot use MTP: its weights"):
+                hetero_qwen.load(path, dtype="fp32", quiet=True, profile=profile, simulate_gpu=True, mtp=True)
             continue
+        eng = hetero_qwen.load(path, dtype="fp32", quiet=True, profile=profile, simulate_gpu=True, mtp=True)
         assert eng.mtp is not None, label
         _check_greedy(eng)
 
@@ -327,8 +330,22 @@ def test_generate_cli_mtp_flags(tiny_mtp, capsys):
     st = spec["stats"]
     assert st["draft_tokens_proposed"] > 0 and st["mean_accepted_length"] >= 1.0
     assert "MTP: " in err and "drafts accepted" in err
-    code, out, _ = run_cli(base, capsys)  # default: on, since the checkpoint has the layer
-    assert code == 0 and json.loads(out)["stats"]["draft_tokens_proposed"] > 0
+
+def test_generate_cli_default_follows_the_profiles_mtp_key(tiny_mtp, tmp_path, capsys):
+    """Without --mtp/--draft-tokens the plan's k decides: the profile's `mtp.draft_tokens` fixes it."""
+    import json
+    from helpers import run_cli
+    base = ["generate", "--model", tiny_mtp, "--prompt-ids", ",".join(map(str, PROMPT[:12])), "-n", "10", "--json"]
+    ran = {}
+    for k in (2, 0):
+        prof = tmp_path / f"k{k}.yaml"
+        prof.write_text(f"cpu: {{ram: 1GiB, threads: 2, reserve: 0MiB}}\ncontext: 256\nmtp: {{draft_tokens: {k}}}\n")
+        code, out, err = run_cli(base + ["--profile", str(prof)], capsys)
+        assert code == 0, err
+        ran[k] = json.loads(out)
+    assert ran[2]["ids"] == ran[0]["ids"]
+    assert ran[2]["stats"]["draft_tokens_proposed"] > 0
+    assert "draft_tokens_proposed" not in ran[0]["stats"]
 
 
 def test_generate_cli_mtp_without_the_layer_is_one_line(tiny_dir, capsys):

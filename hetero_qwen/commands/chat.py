@@ -58,7 +58,8 @@ def chat(
     path = resolve_model(model)
     say(f"loading {path} ...")
     engine = load(path, profile=profile, dtype=dtype, context=context, text_only=text_only,
-                  image_max_pixels=image_max_pixels, mtp=mtp)
+                  image_max_pixels=image_max_pixels, mtp=mtp,
+                  draft_tokens=draft_tokens)
     conversation = Conversation(engine, settings)
     app = ChatApp(conversation, interactive=interactive, color=interactive and sys.stdout.isatty(),
                   show_thinking=interactive if hide_thinking is None else not hide_thinking)

@@ -48,6 +48,6 @@ def resolve_model(model: Optional[str]) -> Path:
     return path
 
 MtpOpt = typer.Option(None, "--mtp/--no-mtp",
-                      help="Speculative decoding with the checkpoint's MTP layer (default: on when it has one)")
+                      help="Speculative decoding with the checkpoint's MTP layer (default: when the plan predicts it pays)")
 DraftTokensOpt = typer.Option(None, "--draft-tokens", min=0,
-                              help="Tokens the MTP layer drafts per step (default 2, the model card's; 0: off)")
+                              help="Tokens the MTP layer drafts per step (default: the plan's k; 0: off)")

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         context: Optional[int] = typer.Option(None, "--context", min=1, help="tokens of KV cache (default: the profile's)"),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
         text_only: bool = typer.Option(False, "--text-only", help="plan without the vision tower"),
+        draft_tokens: Optional[int] = typer.Option(None, "--draft-tokens", min=0, help="MTP drafts per step to "
+                                                   "plan for (default: the profile's mtp.draft_tokens, else the best k; 0: off)"),
     ):
         """Plan weight/cache placement for a model and a memory budget; print the report or JSON."""
         from placement_policies import make_plan
@@ -34,6 +36,8 @@ def register(app: typer.Typer) -> None:
         from ..vision_config import load_multimodal_config
         prof = checked_profile(cfg, resolve_profile(profile), context, say=lambda m: print(m, file=sys.stderr),
                                clamp_threads=False)
+        from ..planner.mtp import with_request
+        prof = with_request(prof, None, draft_tokens)
         mm = None if text_only else load_multimodal_config(model)
         result = make_plan(cfg, prof, policy=policy, model=str(model), vision=mm.vision if mm is not None else None)
         if as_json:

@@ -77,7 +77,8 @@ def generate(
         raise InputError(str(e)) from None
     from ..loader import load
     engine = load(resolve_model(model), profile=profile, dtype=dtype, text_only=text_only,
-                  image_max_pixels=image_max_pixels, mtp=mtp)
+                  image_max_pixels=image_max_pixels, mtp=mtp,
+                  draft_tokens=draft_tokens)
     tok = None
     prepared = None
     if prompt_ids is not None:

@@ -1,9 +1,9 @@
-"""The MTP layer placed and run: its weights loaded where the head lives (same home, format and
-device: every draft ends in the head, so that device never hops), and the draft forward.
+"""The MTP layer placed and run: its weights loaded where the plan's `mtp` says (planner/mtp.py:
+where the head decodes when it fits, every draft ending in the head; else RAM), and the draft forward.
 
-Until the planner places the MTP group itself, it follows the head's placement when its weights
-and KV cache fit what the plan left free on that device, else it lives in RAM in the plan's CPU
-format; its bytes are charged to its device's budget when loaded (the plan does not count them yet).
+Plans saved before the planner placed the MTP layer have no `mtp`: for them it follows the head's
+placement when its weights and KV cache fit what the plan left free on that device, else RAM in the
+plan's CPU format. Its bytes are charged to its device's budget when loaded.
 """
 
 from __future__ import annotations
@@ -60,10 +60,24 @@ class MtpDrafter:
         return out, self.head(last).float().to("cpu")[0]
 
 
+def planned_placement(plan, head_placement):
+    """The plan's MTP placement as a group placement to load (None: the plan turns MTP off, or no
+    tier had room), or the heuristic below for an old plan without `mtp`."""
+    m = plan.mtp
+    if m is None or m.home is None or not m.draft_tokens:
+        return None
+    return dataclasses.replace(head_placement, name="mtp", kind="mtp_fc", layer=None, bytes=m.bytes,
+                               dtype=m.dtype, home=m.home, decode_device=m.home, prefill_device=m.home,
+                               stream_prefill=False, crossover_tokens=None, cache=None, cache_bytes=0)
+
+
 def mtp_placement(cfg, plan, head_placement, context: int, dtype: torch.dtype):
-    """Where the MTP layer goes until the planner places it: the head's placement when its weights
-    and KV cache fit what the plan leaves free on the head's tier, else RAM in the plan's CPU format
-    when they fit there, else None (MTP off: nothing fits)."""
+    """Where the MTP layer goes: the plan's `mtp` when it has one (see planned_placement); for a
+    plan saved before the planner placed it, the head's placement when its weights and KV cache fit
+    what the plan leaves free on the head's tier, else RAM in the plan's CPU format when they fit
+    there, else None (MTP off: nothing fits)."""
+    if getattr(plan, "mtp", None) is not None:
+        return planned_placement(plan, head_placement)
     cache = cfg.kv_bytes_per_token(dtype.itemsize) // max(1, len(cfg.full_attention_layers)) * context
     groups = cfg.mtp_weight_groups()
 

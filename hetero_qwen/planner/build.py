@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..units import fmt_bytes
 from . import cost
 from .context import PlanContext
+from .mtp import plan_mtp
 from .plan import GroupPlacement, Plan, Prediction, TierUsage
 
 
@@ -21,6 +22,7 @@ def build_plan(ctx: PlanContext, homes: list[str], cap: int, policy: str) -> Pla
     slot = max((g.bytes for g in groups if g.stream_prefill), default=0)
     tiers = _tiers(ctx, groups, slot)
     predicted = _predict(ctx, homes, pdev)
+    mtp, tiers = plan_mtp(ctx, groups, tiers, predicted)  # the MTP layer, its KV and state slots (planner/mtp.py)
     notes = []
     if any(h == "disk" for h in homes):
         n = sum(h == "disk" and items[i].kind != "embed" for i, h in enumerate(homes))
@@ -33,7 +35,7 @@ def build_plan(ctx: PlanContext, homes: list[str], cap: int, policy: str) -> Pla
     return Plan(policy=policy, model=ctx.model, profile=p.source, context=p.context,
                 gpu_dtype=p.gpu_dtype, cpu_dtype=p.cpu_dtype, disk_dtype=ctx.disk_dtype,
                 tiers=tiers, groups=groups, predicted=predicted, stream_slot_bytes=slot,
-                notes=tuple(notes))
+                notes=tuple(notes), mtp=mtp)
 
 
 def _placement(ctx: PlanContext, i: int, home: str, prefill_device: str) -> GroupPlacement:

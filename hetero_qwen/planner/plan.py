@@ -71,6 +71,26 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class MtpPlacement:
+    """The MTP layer in the plan (planner/mtp.py): where it lives, what it holds, the k it drafts."""
+    home: str | None  # gpu | cpu: weights, KV cache and compute (where the head decodes, else RAM); None: fits nowhere
+    dtype: str  # format of its weights there
+    bytes: int  # its weights: fc [H, 2H] + one gated attention layer + MLP + norms
+    cache_bytes: int  # its own KV cache: one attention layer for `context` tokens
+    state_slot_bytes: int  # (k + 1) x every DeltaNet layer's state, kept by verify on the state's devices
+    draft_tokens: int  # k, drafts per step; 0 = off (nothing of the above is on the tiers' lines)
+    acceptance: float  # expected per-draft acceptance the choice assumed
+    decode_tokens_per_s: float  # predicted without MTP (the plan's decode)
+    decode_tokens_per_s_mtp: float  # predicted with MTP at draft_tokens (= without when 0)
+    tokens_per_s_by_k: tuple  # predicted decode tokens/s at k = 0, 1, 2, ... with the layer on `home`
+    reason: str  # one line: why this k
+
+    @property
+    def device(self) -> str | None:
+        return self.home
+
+
+@dataclass(frozen=True)
 class Plan:
     policy: str
     model: str
@@ -84,6 +104,7 @@ class Plan:
     predicted: Prediction
     stream_slot_bytes: int  # one staging slot (pinned host and device side); 0 = no streaming
     notes: tuple = field(default_factory=tuple)
+    mtp: MtpPlacement | None = None  # the MTP layer when the config has one (mtp_num_hidden_layers > 0)
 
     # ---- lookups the executor uses -------------------------------------------------------
     @property
@@ -141,6 +162,8 @@ class Plan:
         d["groups"] = tuple(GroupPlacement(**g) for g in d["groups"])
         d["predicted"] = Prediction(**d["predicted"])
         d["notes"] = tuple(d.get("notes", ()))
+        m = d.get("mtp")  # absent from plans saved before the planner placed the MTP layer
+        d["mtp"] = None if m is None else MtpPlacement(**{**m, "tokens_per_s_by_k": tuple(m["tokens_per_s_by_k"])})
         return cls(**d)
 
     @classmethod

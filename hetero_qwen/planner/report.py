@@ -82,5 +82,23 @@ def render(plan: Plan) -> str:
             f"  prefill  {pr.prefill_tokens_per_s:6.0f} tokens/s  ({pr.prefill_s:.2f} s; "
             f"{fmt_bytes(pr.prefill_bytes['pcie'])} over PCIe)",
             f"  bottleneck: {pr.bottleneck}"]
+    out += mtp_lines(plan)
     out += [f"  note: {n}" for n in plan.notes]
     return "\n".join(out)
+
+
+def mtp_lines(plan: Plan) -> list[str]:
+    """Predicted decode with and without MTP speculative decoding, the chosen k and where the layer
+    lives (planner/mtp.py); nothing for a model without an MTP layer."""
+    m = plan.mtp
+    if m is None:
+        return []
+    by_k = ", ".join(f"{k}: {v:.2f}" for k, v in enumerate(m.tokens_per_s_by_k))
+    where = "nowhere (no tier has room)" if m.home is None else (
+        f"{'the GPU' if m.home == 'gpu' else 'RAM (CPU computes)'}, {fmt_bytes(m.bytes)} {m.dtype} + "
+        f"KV {fmt_bytes(m.cache_bytes)}" + (f"; DeltaNet state slots {fmt_bytes(m.state_slot_bytes)}"
+                                            if m.state_slot_bytes else ""))
+    return [f"  MTP      {m.decode_tokens_per_s_mtp:6.2f} tokens/s  with {m.draft_tokens} drafts per step "
+            f"({m.decode_tokens_per_s:.2f} without); {m.reason}",
+            f"           tokens/s by drafts per step k: {by_k} (acceptance {m.acceptance:g} per draft)",
+            f"           MTP layer: {where}"]

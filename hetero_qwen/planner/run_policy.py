@@ -46,6 +46,12 @@ def apply_spill(ctx: PlanContext, homes: list[str], cap: int) -> list[str]:
 
 
 def run_policy(ctx: PlanContext, name: str, choose: Chooser) -> Plan:
+    from .mtp import with_room_for_mtp  # a second search with VRAM kept for the MTP layer, if faster
+    return with_room_for_mtp(ctx, _search(ctx, name, choose), lambda c: _search(c, name, choose),
+                             lambda c, plan: build_plan(c, [g.home for g in plan.groups], plan.stream_slot_bytes, name))
+
+
+def _search(ctx: PlanContext, name: str, choose: Chooser) -> Plan:
     best, tried = None, []
     for cap in stream_caps(ctx):
         for homes in choose(ctx, cap):
