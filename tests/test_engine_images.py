@@ -208,7 +208,8 @@ def test_27b_plan_puts_the_tower_on_the_gpu_when_it_fits_else_ram():
     cfg, mm = load_config("qwen3.6-27b"), load_multimodal_config("qwen3.6-27b")
     assert mm.vision.params == 460_730_096
     big = load_profile({"gpu": {"vram": "141GB"}, "cpu": {"ram": "64GiB"}, "context": 8192})
-    small = load_profile({"gpu": {"vram": "24GiB"}, "cpu": {"ram": "64GiB"}, "context": 8192})
+    small = load_profile({"gpu": {"vram": "24GiB"}, "cpu": {"ram": "64GiB"}, "context": 8192,
+                          "weights": {"gpu_dtype": "bf16"}})  # int4 would leave room for the tower
     on_gpu = make_plan(cfg, big, model="qwen3.6-27b", vision=mm.vision)
     tower = on_gpu.group(TOWER)
     assert tower.home == "gpu" and tower.bytes == 921_460_192
