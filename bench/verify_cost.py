@@ -88,10 +88,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default="/tmp/hq-verify-cost")
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the written checkpoint")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--lib", help="load the C++ kernels from this directory (another build, to compare)")
     a = ap.parse_args(argv)
     import hetero_qwen
     from hetero_qwen.kernels import cpp
 
+    if a.lib and not cpp.reload(a.lib):
+        raise SystemExit(f"error: no usable kernel library in {a.lib}: {cpp.load_error()}")
     d = Path(f"{a.dir}-{a.dtype}-{a.layers}")
     if not (d / "config.json").is_file():
         shutil.rmtree(d, ignore_errors=True)

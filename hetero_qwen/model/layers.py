@@ -135,10 +135,24 @@ class GatedDeltaNet:
             o = self.decode_step(qkv[:, 0], a[:, 0], b[:, 0], self.conv_weight, cache.conv, self.A_log,
                                  self.dt_bias, cache.state)          # [B, Hv, Dv] fp32
             o = o.to(x.dtype).view(B, 1, Hv, Dv)
+        elif cache.keep_slots and self.decode_step is not None:
+            o = self._steps_with_slots(qkv, a, b, cache).to(x.dtype)
         else:
             o = self._mix(qkv, a, b, cache, x.dtype)
         o = gated_rms_norm(o, z, self.norm, cfg.rms_norm_eps).reshape(B, T, Hv * Dv)
         return self.out_proj(o)
+
+    def _steps_with_slots(self, qkv, a, b, cache: DeltaNetCache) -> torch.Tensor:
+        """A verify forward where the fused decode step runs: that step once per position (a decode
+        token's exact math; the torch recurrence with per-position states cost ~5x more on the 27B
+        shape), each position's conv window and state kept as its slot. -> o [B, T, Hv, Dv] fp32."""
+        T = qkv.shape[1]
+        outs = []
+        for t in range(T):
+            outs.append(self.decode_step(qkv[:, t], a[:, t], b[:, t], self.conv_weight, cache.conv, self.A_log,
+                                         self.dt_bias, cache.state))
+            cache.record_step(t, T)
+        return torch.stack(outs, 1)
 
     def _mix(self, qkv, a, b, cache: DeltaNetCache, dtype) -> torch.Tensor:
         cfg = self.cfg
