@@ -526,13 +526,13 @@ struct RowsDriver {
 // 1-thread sweep of the 27B FFN on Zen 3 (hq_tune 6): int8 4 rows at batch 2, 3 at 3-4, 2 at 5;
 // bf16 3 up to batch 5. The AVX2 int4 kernel works row by row (any R). AVX-512: 2 up to batch 4, then 1.
 #if defined(HQ_AVX512)
-template <int R, int NB> struct Bf16K { static int RN(int nb) { return nb <= 4 ? 2 : 1; } static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static int RN(int nb) { return nb <= 4 ? 2 : 1; } static int R1(int64_t rb) { return rb >= 8192 ? 8 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static int RN(int nb) { return nb <= 4 ? 2 : 1; } static int R1(int64_t rb) { return rb >= 2048 ? 1 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 2; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 1; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t rb) { return rb >= 2048 ? 1 : 2; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 #else
-template <int R, int NB> struct Bf16K { static int RN(int nb) { return nb <= 5 ? 3 : 2; } static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static int RN(int nb) { return nb == 2 ? 4 : nb <= 4 ? 3 : 2; } static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static int RN(int nb) { return nb <= 4 ? 2 : 1; } static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb <= 5 ? 3 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb == 2 ? 4 : nb <= 4 ? 3 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 #endif
 
 static void rows_any(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
