@@ -17,7 +17,8 @@ the fraction of the measured bandwidth, and for the 27B FFN the ratio to torch's
 for the same format (F.linear bf16 / oneDNN; _weight_int8pack_mm; _weight_int4pack_mm_for_cpu;
 the torch reference DeltaNet step), timed the same cold way. Medians of --reps samples.
 `--verify` instead times the 27B FFN in each format at batch 1..5, the forward sizes of a
-speculative verify of k = 0..4 drafts, and prints each batch's time over batch 1 (MTP pays when
+speculative verify of k = 0..4 drafts, alternating the batches within each round, and prints the
+median over rounds of each batch's time over batch 1's in the same round (MTP pays when
 a verify of k + 1 tokens costs about one token: the weights are read once for all of them).
 Writes bench/results/kernels-<host>.json: machine description and one entry per thread count
 under "runs" (a run at another thread count is merged in, not overwritten).
@@ -272,15 +273,42 @@ def machine():
                 cpp_isa=cpp.isa() if cpp.available() else None, torch=torch.__version__)
 
 
-def verify_rows(threads, reps, bw, cold_bytes, H=H, I=I, batches=(1, 2, 3, 4, 5)):
-    """The FFN per format at each batch, with `vs_batch1` = its time over batch 1's."""
+def verify_rows(threads, reps, bw, cold_bytes, H=H, I=I, batches=(1, 2, 3, 4, 5), fmts=("int8", "int4", "bf16")):
+    """The FFN per format at each batch, cold, the batches alternating within each round (a shared
+    machine's load drifts): `vs_batch1` = the median over rounds of its time over batch 1's in the
+    same round; `ms` / `gbps` from the median time."""
     rows = []
-    for fmt in ("int8", "int4", "bf16"):
-        got = [r for r in bench_ffn(fmt, threads, reps, bw, batches, False, H=H, I=I, cold_bytes=cold_bytes,
-                                    with_torch=False) if r["backend"] == "cpp"]
-        for r in got:
-            r["vs_batch1"] = round(r["ms"] / got[0]["ms"], 3)
-        rows += got
+    g = torch.Generator().manual_seed(0)
+    for fmt in fmts:
+        def make():
+            return (home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
+                    home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
+                    home(PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)))
+        first = make()
+        nbytes = sum(w.nbytes for w in first)
+        sets = [first] + [make() for _ in range(max(0, -(-cold_bytes // nbytes) - 1))]
+        xs = {B: torch.randn(B, H, generator=g) for B in batches}
+        bufs = {B: (torch.empty(B, H), torch.empty(B, I)) for B in batches}
+
+        def one_pass(B):
+            t = time.perf_counter()
+            for s in sets:
+                cpp.ffn(xs[B], *s, *bufs[B])
+            return (time.perf_counter() - t) / len(sets)
+
+        for B in batches:  # warm-up
+            one_pass(B)
+        ts = {B: [] for B in batches}
+        for r in range(reps):
+            k = r % len(batches)
+            for B in batches[k:] + batches[:k]:
+                ts[B].append(one_pass(B))
+        for B in batches:
+            t = statistics.median(ts[B])
+            row = _row("ffn", fmt, B, "cpp", threads, f"{H}x{I}", t, nbytes, bw)
+            row["vs_batch1"] = round(statistics.median(a / b for a, b in zip(ts[B], ts[batches[0]])), 3)
+            rows.append(row)
+        del sets
     return rows
 
 
@@ -301,6 +329,7 @@ def main(argv=None):
                     help="only time the checked kernel boundary against raw ctypes calls (tiny and mid shapes)")
     ap.add_argument("--verify", action="store_true",
                     help="only the 27B FFN at batch 1..5 (speculative verify sizes), with the ratio to batch 1")
+    ap.add_argument("--formats", default="int8,int4,bf16", help="with --verify: the formats, comma-separated")
     a = ap.parse_args(argv)
     if a.call_overhead:
         dispatch.set_threads(a.threads)
@@ -310,9 +339,12 @@ def main(argv=None):
     if a.verify:
         dispatch.set_threads(a.threads)
         bw = read_bandwidth(a.reps)
-        for r in verify_rows(a.threads, a.reps, bw, a.cold_mb << 20):
+        fmts = tuple(a.formats.split(","))
+        print(f"read bandwidth ({a.threads} threads): {bw:.1f} GB/s   [{machine()['cpp_isa']}]")
+        for r in verify_rows(a.threads, a.reps, bw, a.cold_mb << 20, fmts=fmts):
             print(json.dumps(r) if a.json else
-                  f"ffn {r['shape']} {r['format']:5} B={r['batch']} {r['ms']:>8} ms  {r['vs_batch1']:.2f}x batch 1")
+                  f"ffn {r['shape']} {r['format']:5} B={r['batch']} {r['ms']:>8} ms {r['gbps']:>6} GB/s "
+                  f"{r['bw_fraction']:>5.0%} of bw  {r['vs_batch1']:.2f}x batch 1")
         return 0
     if a.int4_groups:
         for r in int4_group_table():

@@ -40,9 +40,10 @@ def progress(it, desc):
         return it
 
 
-def write_random_quantized(dst: Path, fmt: str, seed: int = 0) -> ModelConfig:
-    """Random packed weights of the real shapes, written shard by shard (never all in RAM)."""
-    raw = load_raw_config("qwen3.6-27b")
+def write_random_quantized(dst: Path, fmt: str, seed: int = 0, raw: dict | None = None) -> ModelConfig:
+    """Random packed weights of the real shapes, written shard by shard (never all in RAM).
+    `raw`: a config dict to write instead of the 27B's (bench/verify_cost.py cuts its layers)."""
+    raw = dict(raw) if raw is not None else load_raw_config("qwen3.6-27b")
     raw.pop("vision_config", None)
     raw["hetero_qwen_format"] = fmt
     cfg = ModelConfig.from_dict(raw)

@@ -171,6 +171,7 @@ int64_t g_min_split = 256 * 1024;    // bytes per thread below which a matrix is
 int64_t g_pf_long = 16384;           // row blocks above this use per-row prefetch streams (hq_tune 3)
 int64_t g_pf_l2_row = 2048;          // rows above this many bytes are prefetched into L2 only (hq_tune 4)
 int64_t g_rows1 = 0;                 // rows per block at batch 1, 0 = per-format default (hq_tune 5)
+int64_t g_rowsn = 0;                 // rows per block at batch 2..8, 0 = per-format default (hq_tune 6)
 
 constexpr int MAXT = 64;
 struct alignas(64) Range {
@@ -223,6 +224,7 @@ void rows_range(const Gemv& g0, int64_t r0, int64_t r1, int64_t hi, float* y, in
     g.pf_long = g_pf_long;
     g.pf_l2_row = g_pf_l2_row;
     g.rows1 = g_rows1;
+    g.rowsn = g_rowsn;
     isa()->rows(g, r0, r1, y, ldy);
 }
 
@@ -508,11 +510,12 @@ int hq_get_threads() { return pool().size(); }
 // Tuning knobs for benchmarks: 0 prefetch distance (bytes, 0 = off), 1 min bytes per thread
 // before a matrix is split, 2 worker spin before sleeping (microseconds), 3 row-block bytes
 // above which rows are prefetched as separate streams, 4 row bytes above which prefetches go to
-// L2 only. Returns the old value.
+// L2 only, 5 rows per block at batch 1 (0: default), 6 rows per block at batch 2..8 (0: default).
+// Returns the old value.
 int64_t hq_tune(int key, int64_t value) {
     std::lock_guard<std::mutex> lk(g_call_mu);
     int64_t* p = key == 0 ? &g_pf_dist : key == 1 ? &g_min_split : key == 2 ? &g_spin_us : key == 3 ? &g_pf_long
-                 : key == 4 ? &g_pf_l2_row : key == 5 ? &g_rows1 : nullptr;
+                 : key == 4 ? &g_pf_l2_row : key == 5 ? &g_rows1 : key == 6 ? &g_rowsn : nullptr;
     if (!p) return -1;
     int64_t old = *p;
     if (value >= 0) *p = value;

@@ -38,6 +38,7 @@ struct Gemv {
     int64_t pf_l2_row;   // rows above this many bytes are prefetched into L2 only (prefetcht2)
     int pf_l2;           // set by the row driver: row_bytes > pf_l2_row
     int64_t rows1;       // rows per block at batch 1 (1, 2, 4 or 8); 0: the format's default
+    int64_t rowsn;       // rows per block at batch 2..8 (1, 2, 3 or 4); 0: the format's default
 };
 
 #ifndef HQ_PF_LOCALITY

@@ -261,7 +261,8 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = _mm512_reduce_add_ps(acc[i][b]);
 }
 #elif defined(HQ_AVX2)
-// maddubs: |products| <= 15*127*2 per pair, sum of both halves <= 7620: no saturation
+// maddubs: |products| <= 15*127*2 per pair, sum of both halves <= 7620: no saturation.
+// One group's integer dot as 8 int32 partial sums (lo: inputs 0..31, hi: 32..63).
 static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
     __m256i x0 = _mm256_loadu_si256((const __m256i*)xq);
     __m256i x1 = _mm256_loadu_si256((const __m256i*)(xq + HQ_G));
@@ -269,39 +270,86 @@ static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-template <int R, int NB>
-static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const char* pf) {
-    const int64_t ng = g.groups, full = g.in / HQ_G, rowb = ng * (HQ_G / 2), lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
-    const uint8_t* w = (const uint8_t*)g.w;
-    const uint16_t* meta = (const uint16_t*)g.meta;
+// Rows one at a time, in chunks of 8 groups. Per token the 8 groups' integer dots (8 int32 lanes
+// each) are summed to one lane per group by a vphaddd tree, so the fp32 work, scale_g * xs_g and
+// offset_g * xsum_g, is one cvt and two FMAs per 8 groups and token instead of per group (with
+// several tokens that per-group float work made the kernel compute-bound). With NB > 1 tokens the
+// chunk's unpacked nibbles go through a 512-byte L1 buffer: unpacked once, read by every token.
+// Every token's result comes from the same operations whatever NB is (a verify forward of k + 1
+// tokens computes each row exactly as a decode token does). Exact: |group dot| <= 64*15*127 < 2^24.
+template <int NB, bool FULL>
+static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, const uint8_t* wr, const uint16_t* mr,
+                                                              int64_t c, int n, __m256 (&acc)[NB]) {
+    const int64_t lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
     const __m256i m0f = _mm256_set1_epi8(0x0F);
-    __m256 acc[R][NB];
-    float off[R][NB];
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) { acc[i][b] = _mm256_setzero_ps(); off[i][b] = 0.f; }
-    for (int64_t q = 0; q < full; q++) {
-        __m256i lo[R], hi[R];
-        float sc[R], mo[R];
-        if (g.pf_row) pf_rows<R>((const char*)g.w, r, rowb, q * (HQ_G / 2), HQ_G / 2, g);
-        else pf_step(pf, R * q * (HQ_G / 2), R * (HQ_G / 2), g);
-        for (int i = 0; i < R; i++) {
-            const uint8_t* p = w + (r + i) * rowb + q * (HQ_G / 2);
-            __m256i v = _mm256_loadu_si256((const __m256i*)p);
-            lo[i] = _mm256_and_si256(v, m0f);
-            hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
-            const uint16_t* m = meta + ((r + i) * ng + q) * 2;
-            sc[i] = f16_to_f32(m[0]); mo[i] = f16_to_f32(m[1]);
-        }
-        for (int b = 0; b < NB; b++) {
-            const int8_t* xq = g.xq + b * lq + hq_xq_off(q);
-            const float xs = g.xs[b * ls + q], xsum = g.xsum[b * ls + q];
-            for (int i = 0; i < R; i++) {
-                __m256 d = _mm256_cvtepi32_ps(u4s8_dot(lo[i], hi[i], xq));
-                acc[i][b] = _mm256_fmadd_ps(d, _mm256_set1_ps(sc[i] * xs), acc[i][b]);
-                off[i][b] += mo[i] * xsum;
+    __m256 sc, of;  // groups c..c+7: fp32 scales and offsets (zero past n)
+    if (FULL) {
+        const __m256i ev = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (s, o) pairs -> s x4, o x4
+        const __m256 m0 = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mr + 2 * c))), ev);
+        const __m256 m1 = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mr + 2 * c + 8))), ev);
+        sc = _mm256_permute2f128_ps(m0, m1, 0x20);
+        of = _mm256_permute2f128_ps(m0, m1, 0x31);
+    } else {
+        alignas(32) float s8[8] = {0}, o8[8] = {0};
+        for (int q = 0; q < n; q++) { s8[q] = f16_to_f32(mr[2 * (c + q)]); o8[q] = f16_to_f32(mr[2 * (c + q) + 1]); }
+        sc = _mm256_load_ps(s8);
+        of = _mm256_load_ps(o8);
+    }
+    __m256i nib[NB > 1 ? 16 : 1];  // NB > 1: the chunk's lo, hi per group (zero past n)
+    if (NB > 1) {
+        for (int q = 0; q < 8; q++) {
+            if (FULL || q < n) {
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + (c + q) * (HQ_G / 2)));
+                nib[2 * q] = _mm256_and_si256(v, m0f);
+                nib[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+            } else {
+                nib[2 * q] = nib[2 * q + 1] = _mm256_setzero_si256();
             }
         }
     }
-    for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = vhsum(acc[i][b]) + off[i][b];
+    for (int b = 0; b < NB; b++) {
+        const int8_t* xq = g.xq + b * lq;
+        __m256i d[8];
+        for (int q = 0; q < 8; q++) {
+            if (!FULL && q >= n) { d[q] = _mm256_setzero_si256(); continue; }
+            if (NB > 1) {
+                d[q] = u4s8_dot(nib[2 * q], nib[2 * q + 1], xq + hq_xq_off(c + q));
+            } else {
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + (c + q) * (HQ_G / 2)));
+                d[q] = u4s8_dot(_mm256_and_si256(v, m0f), _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f),
+                                xq + hq_xq_off(c + q));
+            }
+        }
+        // lanes: hadd(a, b) = [a01 a23 b01 b23 | a45 a67 b45 b67]; two levels give groups 0-3 (and
+        // 4-7) in each 128-bit half, the cross-half add gives group q's total in lane q
+        const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
+        const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));
+        const __m256i sum = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+        const __m256 sx = _mm256_mul_ps(sc, _mm256_loadu_ps(g.xs + b * ls + c));
+        acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sx, acc[b]);
+        acc[b] = _mm256_fmadd_ps(of, _mm256_loadu_ps(g.xsum + b * ls + c), acc[b]);
+    }
+}
+
+template <int R, int NB>
+static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const char*) {
+    const int64_t ng = g.groups, full = g.in / HQ_G, rowb = ng * (HQ_G / 2);
+    for (int i = 0; i < R; i++) {
+        const uint8_t* wr = (const uint8_t*)g.w + (r + i) * rowb;
+        const uint16_t* mr = (const uint16_t*)g.meta + (r + i) * ng * 2;
+        __m256 acc[NB];
+        for (int b = 0; b < NB; b++) acc[b] = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c + 8 <= full; c += 8) {  // rows one after another: one linear prefetch stream
+            if (g.pf_dist > 0) pf_lines((const char*)(wr + c * (HQ_G / 2)) + g.pf_dist, 8 * (HQ_G / 2), g);
+            int4_chunk8<NB, true>(g, wr, mr, c, 8, acc);
+        }
+        if (c < full) {
+            if (g.pf_dist > 0) pf_lines((const char*)(wr + c * (HQ_G / 2)) + g.pf_dist, (full - c) * (HQ_G / 2), g);
+            int4_chunk8<NB, false>(g, wr, mr, c, (int)(full - c), acc);
+        }
+        for (int b = 0; b < NB; b++) s[i][b] = vhsum(acc[b]);
+    }
 }
 #else
 template <int R, int NB>
@@ -424,6 +472,17 @@ struct RowsDriver {
         gr.pf_row = 0;
         for (; r < r1; r++) K<1, NB>::call(gr, r, y, ldy, none);
     }
+    // NB >= 2 tokens: rows per block from the format's RN(NB) (or the tuned g.rowsn); each row
+    // block's weights are loaded once into registers and applied to all NB tokens.
+    template <int NB>
+    static void run_r(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+        switch (g.rowsn ? g.rowsn : K<1, 1>::RN(NB)) {
+            case 1: run_nb<NB, 1>(g, r0, r1, y, ldy); break;
+            case 3: run_nb<NB, 3>(g, r0, r1, y, ldy); break;
+            case 4: run_nb<NB, 4>(g, r0, r1, y, ldy); break;
+            default: run_nb<NB, 2>(g, r0, r1, y, ldy); break;
+        }
+    }
     static void run(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {
         // tokens in chunks of <= 8; each chunk reads the weights once
         for (int b0 = 0; b0 < g.B; b0 += 8) {
@@ -447,13 +506,13 @@ struct RowsDriver {
                         default: run_nb<1, 4>(c, r0, r1, yc, ldy); break;
                     }
                     break;
-                case 2: run_nb<2, 2>(c, r0, r1, yc, ldy); break;
-                case 3: run_nb<3, 2>(c, r0, r1, yc, ldy); break;
-                case 4: run_nb<4, 2>(c, r0, r1, yc, ldy); break;
-                case 5: run_nb<5, 1>(c, r0, r1, yc, ldy); break;
-                case 6: run_nb<6, 1>(c, r0, r1, yc, ldy); break;
-                case 7: run_nb<7, 1>(c, r0, r1, yc, ldy); break;
-                default: run_nb<8, 1>(c, r0, r1, yc, ldy); break;
+                case 2: run_r<2>(c, r0, r1, yc, ldy); break;
+                case 3: run_r<3>(c, r0, r1, yc, ldy); break;
+                case 4: run_r<4>(c, r0, r1, yc, ldy); break;
+                case 5: run_r<5>(c, r0, r1, yc, ldy); break;
+                case 6: run_r<6>(c, r0, r1, yc, ldy); break;
+                case 7: run_r<7>(c, r0, r1, yc, ldy); break;
+                default: run_r<8>(c, r0, r1, yc, ldy); break;
             }
         }
     }
@@ -462,14 +521,18 @@ struct RowsDriver {
 // fewer activation reads per weight byte. AVX-512, from two cold 1-thread sweeps
 // (bench/kernels.py --rows; 2 threads reach the bandwidth with any choice): bf16 2; VNNI int8 8
 // on rows >= 8 KB (the 27B down projection), else 1; int4 1 on rows >= 2 KB, else 2. Others: 4.
+// RN(batch): rows per block at batch 2..8. The fp32-FMA kernels (AVX2 bf16 and int8) need about 8
+// independent accumulators (R x NB) to hide the FMA latency, within 16 ymm registers: one cold
+// 1-thread sweep of the 27B FFN on Zen 3 (hq_tune 6): int8 4 rows at batch 2, 3 at 3-4, 2 at 5;
+// bf16 3 up to batch 5. The AVX2 int4 kernel works row by row (any R). AVX-512: 2 up to batch 4, then 1.
 #if defined(HQ_AVX512)
-template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static int R1(int64_t rb) { return rb >= 2048 ? 1 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 2; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t rb) { return rb >= 8192 ? 8 : 1; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t rb) { return rb >= 2048 ? 1 : 2; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 #else
-template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int8K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
-template <int R, int NB> struct Int4K { static int R1(int64_t) { return 4; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Bf16K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb <= 5 ? 3 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { bf16_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int8K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb == 2 ? 4 : nb <= 4 ? 3 : 2; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int8_block<R, NB>(g, r, y, l, pf); } };
+template <int R, int NB> struct Int4K { static int R1(int64_t) { return 4; } static int RN(int nb) { return nb <= 4 ? 2 : 1; } static void call(const Gemv& g, int64_t r, float* y, int64_t l, const char* pf) { int4_block<R, NB>(g, r, y, l, pf); } };
 #endif
 
 static void rows_any(const Gemv& g, int64_t r0, int64_t r1, float* y, int64_t ldy) {

@@ -23,7 +23,7 @@ def run_ffn(be, x, g, u, d):
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("B", [1, 2, 5, 11])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 11])  # 2..5: speculative verify forwards of k + 1 tokens
 def test_linear_matches_reference(backend, threads, fmt, B):
     g = torch.Generator().manual_seed(B)
     for out, n in SHAPES:
@@ -43,7 +43,7 @@ def test_linear_matches_reference(backend, threads, fmt, B):
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("B", [1, 3, 8])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8])
 def test_ffn_matches_reference(backend, threads, fmt, B):
     gen = torch.Generator().manual_seed(100 + B)
     H, I = 67, 130
@@ -62,6 +62,22 @@ def test_ffn_matches_reference(backend, threads, fmt, B):
     y = run_ffn(backend, x, gate, up, down)
     ref = exact_ffn_ref(backend, x, gate, up, down)
     assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_cpp_rows_of_a_batch_equal_batch_one(backend, threads, fmt):
+    """Each token of a batch of 2..5 (a verify forward) gets bit for bit what it gets alone (a decode
+    token): the C++ kernels apply each loaded weight block to all rows with per-row arithmetic that
+    does not depend on the batch, and the rows per block at batch 1 and 2..5 differ."""
+    if backend != "cpp":
+        pytest.skip("batch invariance is a property of the C++ kernels")
+    g = torch.Generator().manual_seed(11)
+    for out, n in SHAPES + [(45, 600)]:  # 600: 9 int4 groups (a chunk of 8, one more) + a partial one
+        w = PackedWeight.from_float(torch.randn(out, n, generator=g), fmt)
+        x = torch.randn(5, n, generator=g)
+        alone = torch.cat([cpp.linear(x[b:b + 1].contiguous(), w) for b in range(5)])
+        for B in (2, 3, 4, 5):
+            assert torch.equal(cpp.linear(x[:B].contiguous(), w), alone[:B]), (fmt, out, n, B)
 
 
 def test_int4_kernel_close_to_fp32_reference_on_realistic_weights():

@@ -142,7 +142,7 @@ def get_threads() -> int:
 
 
 TUNE_KEYS = {"prefetch_bytes": 0, "min_split_bytes": 1, "spin_us": 2, "prefetch_long_block": 3,
-             "prefetch_l2_row": 4, "rows_per_block": 5}
+             "prefetch_l2_row": 4, "rows_per_block": 5, "rows_per_block_batch": 6}
 
 
 def tune(key: str, value: int = -1) -> int:
@@ -154,7 +154,8 @@ def tune(key: str, value: int = -1) -> int:
     than this are prefetched as one stream per row instead of one linear stream;
     prefetch_l2_row: rows larger than this (bytes) are prefetched into L2 only (prefetcht2)
     instead of L1; rows_per_block: rows a batch-1 GEMV works on at once (1, 2, 4 or 8;
-    0 = the format's default). value < 0 only reads. Defaults: measured_defaults.py.
+    0 = the format's default); rows_per_block_batch: the same at batch 2..8 (1, 2, 3 or 4).
+    value < 0 only reads. Defaults: measured_defaults.py.
     """
     lib()
     return int(abi.HQ_TUNE(TUNE_KEYS[key], int(value)))

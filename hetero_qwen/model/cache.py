@@ -105,6 +105,19 @@ class DeltaNetCache:
         self.slot_state[:T].copy_(states)
         self.slots = T
 
+    def record_step(self, t: int, T: int) -> None:
+        """Keep the current conv window and state as slot t of a T-position verify forward run one
+        position at a time (the fused decode step); the same slots `record` keeps."""
+        if t == 0:
+            self.slots = 0
+            if self.slot_state is None or self.slot_state.shape[0] < T:
+                self.slot_state = torch.empty((T, *self.state.shape), dtype=torch.float32, device=self.state.device)
+                self.slot_conv = torch.empty((T, *self.conv.shape), dtype=torch.float32, device=self.conv.device)
+        self.slot_conv[t].copy_(self.conv)
+        self.slot_state[t].copy_(self.state)
+        if t == T - 1:
+            self.slots = T
+
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.state.numel() * 4
 
