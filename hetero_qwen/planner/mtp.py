@@ -59,7 +59,8 @@ def mtp_items(ctx: PlanContext, gpu_fmt: str) -> list[Item]:
             extra = dict(kv_per_token=kv, attn_pair_flops=4 * cfg.num_attention_heads * cfg.head_dim)
         out.append(Item(name=g.name, kind=g.kind, layer=None, params=sum(r * c for _, (r, c) in g.matrices),
                         bytes_gpu=g.nbytes(gpu_fmt), bytes_cpu=g.nbytes(p.cpu_dtype),
-                        bytes_disk=g.nbytes(ctx.disk_dtype), row_bytes={}, **extra))
+                        bytes_disk=g.nbytes(ctx.disk_dtype), row_bytes={}, fmt_gpu=gpu_fmt,
+                        fmt_cpu=p.cpu_dtype, fmt_disk=ctx.disk_dtype, **extra))
     return out
 
 
@@ -73,6 +74,12 @@ def kv_bytes_per_token(ctx: PlanContext) -> int:
 
 
 # ---- pricing --------------------------------------------------------------------------------------
+# A CPU forward of n > 1 tokens costs more than reading the weights once (measured_defaults says how):
+# each extra token adds a share of the batch-1 read time, and every op takes the generic path.
+CPU_VERIFY_EXTRA_TOKEN = measured_defaults.CPU_VERIFY_EXTRA_TOKEN.value
+CPU_VERIFY_OP_FACTOR = measured_defaults.CPU_VERIFY_OP_FACTOR.value
+
+
 def batch_time(item: Item, home: str, position: float, n: float, p) -> float:
     """Roofline seconds of `item` over n tokens in one forward at `position` cached tokens: its
     weights read once (the embedding: n rows), FLOPs x n, attention's KV read once, a DeltaNet
@@ -80,8 +87,12 @@ def batch_time(item: Item, home: str, position: float, n: float, p) -> float:
     dev = device_of(home)
     weights = n * item.row_bytes[home] if item.kind == "embed" else cost.decode_weight_bytes(item, home)
     cache = item.kv_per_token * position + (1 + n) * item.state_bytes
-    mem = weights / cost.tier_bandwidth(p, home) + cache / cost.tier_bandwidth(p, dev)
+    read = weights / cost.tier_bandwidth(p, home, item.fmt(home))
     overhead = p.cpu_op_overhead if dev == "cpu" and item.kind != "embed" else 0.0
+    if dev == "cpu" and n > 1 and item.kind != "embed":  # measured: small batches cost more on the CPU
+        read *= 1 + (n - 1) * CPU_VERIFY_EXTRA_TOKEN.get(item.fmt(home), 0.5)
+        overhead *= CPU_VERIFY_OP_FACTOR
+    mem = read + cache / cost.cache_bandwidth(p, dev)
     return max(mem, n * cost.decode_flops(item, position) / cost.flop_rate(p, dev)) + overhead
 
 
@@ -250,7 +261,12 @@ def with_room_for_mtp(ctx: PlanContext, plan, replan, rebuild):
     except PlanError:
         return plan
     roomy = rebuild(ctx, roomy)
-    if roomy.fits and objective_with_mtp(ctx, roomy) < objective_with_mtp(ctx, plan) * (1 - 1e-9):
+    if not roomy.fits:
+        return plan
+    insisted = ctx.p.mtp_draft_tokens not in ("auto", 0)  # --mtp / a fixed k: a plan where it runs
+    if insisted and not m.draft_tokens and roomy.mtp.draft_tokens:
+        return roomy
+    if objective_with_mtp(ctx, roomy) < objective_with_mtp(ctx, plan) * (1 - 1e-9):
         return roomy
     return plan
 
