@@ -117,17 +117,21 @@ def _row(kernel, fmt, B, be, threads, shape, t, nbytes, bw, t_torch=None):
                 torch_ms=None if t_torch is None else round(t_torch * 1e3, 3))
 
 
-def bench_ffn(fmt, threads, reps, bw, batches, with_numba, H=H, I=I, cold_bytes=320 << 20, with_torch=True):
-    g = torch.Generator().manual_seed(0)
-
+def cold_ffn_sets(fmt: str, g: torch.Generator, cold_bytes: int, H: int = H, I: int = I) -> tuple[list, int]:
+    """Enough independent (gate, up, down) weight sets in `fmt` to cover `cold_bytes`, so cycling
+    through them reads each from RAM, not cache: (sets, bytes of one set)."""
     def make():
         return (home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
                 home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
                 home(PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)))
-
     first = make()
     nbytes = sum(w.nbytes for w in first)
-    sets = [first] + [make() for _ in range(max(0, -(-cold_bytes // nbytes) - 1))]
+    return [first] + [make() for _ in range(max(0, -(-cold_bytes // nbytes) - 1))], nbytes
+
+
+def bench_ffn(fmt, threads, reps, bw, batches, with_numba, H=H, I=I, cold_bytes=320 << 20, with_torch=True):
+    g = torch.Generator().manual_seed(0)
+    sets, nbytes = cold_ffn_sets(fmt, g, cold_bytes, H, I)
     shape = f"{H}x{I}"
     rows = []
     for B in batches:
@@ -280,13 +284,8 @@ def verify_rows(threads, reps, bw, cold_bytes, H=H, I=I, batches=(1, 2, 3, 4, 5)
     rows = []
     g = torch.Generator().manual_seed(0)
     for fmt in fmts:
-        def make():
-            return (home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
-                    home(PackedWeight.from_float(torch.randn(I, H, generator=g) * 0.02, fmt)),
-                    home(PackedWeight.from_float(torch.randn(H, I, generator=g) * 0.02, fmt)))
-        first = make()
-        nbytes = sum(w.nbytes for w in first)
-        sets = [first] + [make() for _ in range(max(0, -(-cold_bytes // nbytes) - 1))]
+        cold = cold_ffn_sets(fmt, g, cold_bytes, H, I)
+        sets, nbytes = cold[0], cold[1]
         xs = {B: torch.randn(B, H, generator=g) for B in batches}
         bufs = {B: (torch.empty(B, H), torch.empty(B, I)) for B in batches}
 
