@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # loads without an explicit profile use this CPU-only one instead of measuring the machine
 os.environ.setdefault("HETERO_QWEN_PROFILE", str(Path(__file__).parent / "data" / "cpu-test.yaml"))
+# A suite started in the background (`nohup`, `cmd &` in a script) inherits SIGINT ignored, and the
+# Ctrl-C tests would then see nothing: give this process (and so the CLIs it spawns) Python's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from hf_models import make_hf_model, save_hf_model  # noqa: E402
 
