@@ -17,6 +17,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
+def check_matches_and_fits(eng, ids: list, expected: torch.Tensor, decode_from: int, decode_to: int,
+                           tol: float = 1e-4) -> None:
+    """The engine's prefill logits and its decode steps decode_from..decode_to-1 equal `expected`
+    within `tol`, and every tier's measured peak stays within the plan's prediction and the budget."""
+    assert rel_err(eng.logits(ids), expected) < tol
+    s = eng.session()
+    s.feed(ids[:decode_from])
+    for i in range(decode_from, decode_to):
+        assert rel_err(s.feed([ids[i]])[-1], expected[i]) < tol
+    for tier, m in eng.memory_report().items():
+        assert m["peak_bytes"] <= eng.plan.tiers[tier].used_bytes, (tier, m)
+        if m["budget_bytes"] is not None:
+            assert m["peak_bytes"] <= m["budget_bytes"]
+
+
 def first_difference(a, b) -> int:
     """Index of the first position where two sequences differ (the shorter length if none)."""
     for i, (x, y) in enumerate(zip(a, b)):
