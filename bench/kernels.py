@@ -284,8 +284,7 @@ def verify_rows(threads, reps, bw, cold_bytes, H=H, I=I, batches=(1, 2, 3, 4, 5)
     rows = []
     g = torch.Generator().manual_seed(0)
     for fmt in fmts:
-        cold = cold_ffn_sets(fmt, g, cold_bytes, H, I)
-        sets, nbytes = cold[0], cold[1]
+        sets, nbytes = cold_ffn_sets(fmt, g, cold_bytes, H, I)
         xs = {B: torch.randn(B, H, generator=g) for B in batches}
         bufs = {B: (torch.empty(B, H), torch.empty(B, I)) for B in batches}
 

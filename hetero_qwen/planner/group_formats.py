@@ -14,6 +14,8 @@ the executor carries it out):
 
 from __future__ import annotations
 
+import math
+
 from ..config import WeightGroup
 from ..formats import FLOAT_BYTES, gpu_matrix_bytes
 
@@ -56,12 +58,5 @@ def gpu_group_bytes(g: WeightGroup, group_fmt: str, compute_dtype: str = "bf16")
     """Resident GPU bytes of group `g` in `group_fmt` (vectors in fp32, as the engine keeps them)."""
     mats = sum(gpu_matrix_bytes(r, c, gpu_matrix_format(g.kind, local, group_fmt, compute_dtype))
                for local, (r, c) in g.matrices)
-    vecs = sum(_numel(s) for _, s in g.vectors) * FLOAT_BYTES["fp32"]
+    vecs = sum(math.prod(s) for _, s in g.vectors) * FLOAT_BYTES["fp32"]
     return mats + vecs
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
