@@ -103,7 +103,8 @@ def generate(eng, prompt: list[int], tokens: int, k: int) -> tuple[list[int], di
 
 def speculation(model_dir: Path, prompts: list[list[int]], tokens: int, threads: int, ks, rounds: int) -> dict:
     import hetero_qwen
-    eng = hetero_qwen.load(model_dir, profile={"cpu": {"ram": "8GiB", "threads": threads}}, dtype="bf16", quiet=True)
+    eng = hetero_qwen.load(model_dir, profile={"cpu": {"ram": "8GiB", "threads": threads}}, dtype="bf16", quiet=True,
+                           mtp=True)  # on whatever the plan predicts: this measures it
     assert eng.mtp is not None, "the model has no MTP layer"
     base = {i: generate(eng, p, tokens, 0)[0] for i, p in enumerate(prompts)}
     acc = {}

@@ -142,8 +142,8 @@ def test_one_token_decode_takes_the_fast_path_and_counts_cpu_time(hf_causal, mon
     real_ffn = cpu_decode._Ffn.__call__
     monkeypatch.setattr(cpu_decode._Ffn, "__call__", lambda self, x: ffn_calls.append(1) or real_ffn(self, x))
     s = eng.session()
-    s.feed(PROMPT[:5])
-    assert calls == [] and ffn_calls == []  # prefill: generic path
+    s.feed(PROMPT[:cpu_decode.MAX_TOKENS + 1])
+    assert calls == [] and ffn_calls == []  # a prefill past MAX_TOKENS: the generic path
     busy = eng.devices.cpu.busy_seconds
     s.feed([3])
     # every layer's FFN and the head ran on the fast path, and their time is charged to the CPU

@@ -193,9 +193,9 @@ def test_greedy_equals_plain_decoding_for_every_policy(mtp_ckpt):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
 def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt, dtype):
-    """Our CPU kernels in each format; with bf16 compute the verify forward (k + 1 tokens, generic
-    path) and plain decoding (the one-token fast path) round differently, yet pick the same tokens
-    on this checkpoint (a near-tie could in principle differ; fp32 differs only in summation order)."""
+    """Our CPU kernels in each format: the verify forward (k + 1 tokens) and plain decoding take the
+    same CPU fast path, whose rows equal one-token forwards bit for bit (tests/test_cpu_verify_path.py),
+    so bf16 compute picks the same tokens as fp32 does, not merely on this checkpoint."""
     _, path = mtp_ckpt
     _check_greedy(load(path, dtype=dtype, weights={"gpu_dtype": "bf16", "cpu_dtype": fmt}))
 

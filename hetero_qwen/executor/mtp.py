@@ -34,6 +34,7 @@ class MtpDrafter:
         head_dev = runner.head.decode_device  # the head without the model's final norm (MTP has its own)
         self.head_device, self.head = runner.devices[head_dev], runner.head.ops[head_dev]
         self._rope = Rope(self.cfg, device.torch)
+        self.cpu_path = None  # cpu_mtp.CpuMtpPath when the layer and head run on the CPU's C++ kernels
 
     def new_cache(self, capacity: int):
         c = new_cache(self.cfg, FULL, 1, capacity, self.runner.dtype, self.device.torch)
@@ -47,6 +48,9 @@ class MtpDrafter:
         """Pairs (h_p, x_{p+1}) for p = start.. : `hidden` [T, H], `tokens` the T next tokens ->
         (MTP hidden [T, H] on its device, fp32 logits [V] of the last pair on the CPU, or None)."""
         dev, runner = self.device, self.runner
+        if self.cpu_path is not None and self.cpu_path.takes(len(tokens)):
+            emb = runner.embed[torch.tensor(tokens, device=runner.embed.device)].to("cpu")
+            return self.cpu_path(emb, hidden.to("cpu").view(len(tokens), -1), start, cache, logits)
         ids = torch.tensor([tokens])
         emb = runner.embed[ids.to(runner.embed.device)].to(runner.dtype)
         emb = runner.devices.hop(emb, runner.embed_device, dev)
@@ -102,7 +106,7 @@ def build_mtp(ckpt: Checkpoint, runner: Runner, head_placement, kernels) -> MtpD
     placer = WeightPlacer(ckpt, devices, dtype, kernels)
     builder = OpBuilder(placer, None)
     dev_name = head_placement.decode_device
-    projs, vectors, ops = {}, {}, {}
+    projs, vectors, ops, slots = {}, {}, {}, {}
     for g in cfg.mtp_weight_groups()[:3]:  # fc + layer 0 (the one layer Qwen3.5/3.6 ship)
         p = dataclasses.replace(head_placement, name=g.name, kind=g.kind, layer=None, bytes=g.nbytes(),
                                 prefill_device=dev_name, stream_prefill=False, crossover_tokens=None)
@@ -119,6 +123,11 @@ def build_mtp(ckpt: Checkpoint, runner: Runner, head_placement, kernels) -> MtpD
         op = slot.ops[dev_name]
         norm_name = "input_layernorm.weight" if g.kind == "attention" else "post_attention_layernorm.weight"
         vectors[norm_name] = slot.norms[dev_name]
-        ops[g.kind] = op
+        ops[g.kind], slots[g.kind] = op, slot
     layer = MtpLayer(cfg, projs["fc.weight"], ops["attention"], ops["ffn"], vectors)
-    return MtpDrafter(runner, layer, devices[dev_name])
+    drafter = MtpDrafter(runner, layer, devices[dev_name])
+    if dev_name == "cpu" and drafter.head_device.name == "cpu":
+        from .cpu_mtp import CpuMtpPath
+        drafter.cpu_path = CpuMtpPath.build(cfg, projs["fc.weight"], slots["attention"], slots["ffn"], vectors,
+                                            drafter.head)
+    return drafter

@@ -54,7 +54,7 @@ class Runner:
         self.layers, self.head, self.dtype, self.devices = layers, head, dtype, devices
         self.prefetcher = None      # streaming.Prefetcher when anything streams
         self.op_hook: Callable | None = None  # (slot name, device, input, output) -> None: accounting
-        self.cpu_decode = None      # cpu_decode.CpuDecodePath: the one-token CPU fast path
+        self.cpu_decode = None      # cpu_decode.CpuDecodePath: the CPU fast path for decode and verify
         self.host_arena = None      # host_arena.HostArena holding CPU-resident weights
         self.disk = None            # devices.MemoryTier of memory-mapped weights
         self._ropes: dict[str, Rope] = {}
@@ -124,12 +124,18 @@ class Runner:
         self.prefetcher.begin(order)
 
     def _fast_path(self, B: int, T: int, images: bool = False):
+        """The CPU fast path for a forward of one sequence's T <= MAX_TOKENS tokens, or None."""
+        from .cpu_decode import MAX_TOKENS
         if images:  # explicit M-RoPE positions or image rows: the generic path takes them
             return None
         hook_ok = self.op_hook is None or getattr(self.op_hook, "gpu_only", False)  # fast layers are CPU-only
-        if T == 1 and B == 1 and hook_ok and self.cpu_decode is not None and self.cpu_decode.enabled():
+        if T <= MAX_TOKENS and B == 1 and hook_ok and self.cpu_decode is not None and self.cpu_decode.enabled():
             return self.cpu_decode
         return None
+
+    def _fast_head(self, x32, T: int) -> bool:
+        """Whether the head can read the fast path's fp32 residual (it decodes on the CPU at T)."""
+        return x32 is not None and self.cpu_decode.head is not None and self.head.device_for(T) == "cpu"
 
     def hidden(self, ids: torch.Tensor, caches: list, start: int, with_head: bool = False, last_only: bool = False,
                positions: torch.Tensor | None = None, image_rows: torch.Tensor | None = None):
@@ -139,8 +145,8 @@ class Runner:
         after an image). A chunk holding image tokens passes `positions` [3, T] (M-RoPE) and
         `image_rows` [n, H], the tower's output for its n placeholder tokens (B = 1), which replace
         their embeddings. The hidden state is before the final norm, [B, T', H]; when the last
-        layers ran on the one-token CPU fast path, the fp32 residual [1, H] they kept is returned
-        too (the fast head reads it)."""
+        layers ran on the CPU fast path, the fp32 residual [T, H] they kept is returned too (the
+        fast head reads it)."""
         B, T = ids.shape
         x = self.embed[ids.to(self.embed.device)].to(self.dtype)
         if image_rows is not None and image_rows.shape[0]:
@@ -154,12 +160,14 @@ class Runner:
         x32 = None  # the fp32 residual while consecutive layers take the fast path
         for i, (layer, cache) in enumerate(zip(self.layers, caches)):
             run = fast.layers[i] if fast is not None else None
+            if run is not None and not layer.mixer.device_for(T) == layer.ffn.device_for(T) == "cpu":
+                run = None  # past a crossover: this forward runs the layer where prefill does
             if run is not None:
                 cpu = self.devices.cpu
                 if x32 is None:
                     x = self.devices.hop(x, cur, cpu)
                     cur = cpu
-                    x32 = x.reshape(1, -1).float().clone()
+                    x32 = x.reshape(T, -1).float().clone()
                 t0 = time.perf_counter()
                 is_full, mixer, ffn = run
                 if is_full:
@@ -190,19 +198,24 @@ class Runner:
         """Logits fp32 [B, T, vocab] (or [B, 1, vocab] with last_only), on the CPU."""
         x, cur, x32 = self.hidden(ids, caches, start, with_head=True, last_only=last_only,
                                   positions=positions, image_rows=image_rows)
-        if x32 is not None and self.cpu_decode.head is not None:  # the fast path ran up to here
+        if self._fast_head(x32, x.shape[1]):  # the fast path ran up to here
             t0 = time.perf_counter()
-            logits = self.cpu_decode.logits(x32)
+            logits = self.cpu_decode.logits(x32[-1:] if last_only else x32)
             self.devices.cpu.busy_seconds += time.perf_counter() - t0
-            return logits.view(1, 1, -1)
+            return logits.view(1, logits.shape[0], -1)
         logits, dev, _ = self._run(self.head, x, cur, x.shape[1])
         return self.devices.logits_to_host(logits, dev)
 
     def forward_hidden(self, ids: torch.Tensor, caches: list, start: int, last_only: bool = False):
         """As `forward`, plus the hidden state after the final norm for every position [B, T, H], on
         the head's device (what the MTP layer reads)."""
-        x, cur, _ = self.hidden(ids, caches, start, with_head=True)
-        T = x.shape[1]  # the head runs where a T-token forward runs it (what the prefetcher was told)
+        x, cur, x32 = self.hidden(ids, caches, start, with_head=True)
+        T = x.shape[1]
+        if self._fast_head(x32, T):  # the same head as `forward`'s: verify and decode logits agree
+            t0 = time.perf_counter()
+            logits, normed = self.cpu_decode.logits_and_normed(x32, last_only)
+            self.devices.cpu.busy_seconds += time.perf_counter() - t0
+            return logits.view(1, logits.shape[0], -1), normed.to(self.dtype).view(1, T, -1)  # the head runs where a T-token forward runs it (what the prefetcher was told)
         dev = self.devices[self.head.device_for(T)]
         x = self.devices.hop(x, cur, dev)
         normed = rms_norm(x, self.head.norms[dev.name], self.cfg.rms_norm_eps)
