@@ -401,8 +401,9 @@ std::vector<float> g_qkv;
 // ------------------------------------------------------------------- attention decode
 // One token of gated attention after the q/k/v projections: q/k rmsnorm (1 + w weights), RoPE
 // (rotate-half on the first rd dims), the new K/V written to the cache, softmax attention of each
-// query head over its KV head's keys 0..pos, and the sigmoid output gate. Query heads are shared
-// out over the pool (long contexts read the whole cache once per token).
+// query head over its KV head's keys 0..pos, and the sigmoid output gate. KV heads are shared out
+// over the pool, each with its group of query heads (the cache is read once per token; the inner
+// loops are per ISA, hq_attn.h).
 
 void norm_rope(float* x, int64_t D, int64_t rd, const float* w1, float eps, const float* cs, const float* sn) {
     const float inv = rms_inv(x, D, eps);
@@ -428,34 +429,37 @@ struct AttnTask {
 
 void attn_task(void* ctx, int) {
     AttnTask* t = (AttnTask*)ctx;
+    const HqIsa* is = isa();
     const int64_t D = t->D, L = t->len;
-    std::vector<float> qn(D), p(L);
+    const int G = t->nh / t->nkv;  // query heads per KV head: one task reads their cache rows once
+    std::vector<float> qn(G * D), p(G * L);
     for (;;) {
-        const int h = t->next.fetch_add(1, std::memory_order_relaxed);
-        if (h >= t->nh) break;
-        const float* qh = t->q + h * t->qld;
-        for (int64_t j = 0; j < D; j++) qn[j] = qh[j];
-        norm_rope(qn.data(), D, t->rd, t->qw1, t->eps, t->cs, t->sn);
-        const int64_t kvh = h / (t->nh / t->nkv), base = kvh * t->cap * D;
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < L; s++) {
-            float d = 0.f;
-            if (t->bf16) { const uint16_t* kr = (const uint16_t*)t->Kc + base + s * D; for (int64_t j = 0; j < D; j++) d += qn[j] * bf16f(kr[j]); }
-            else { const float* kr = (const float*)t->Kc + base + s * D; for (int64_t j = 0; j < D; j++) d += qn[j] * kr[j]; }
-            p[s] = d * t->scale;
-            mx = p[s] > mx ? p[s] : mx;
+        const int kvh = t->next.fetch_add(1, std::memory_order_relaxed);
+        if (kvh >= t->nkv) break;
+        const int h0 = kvh * G;
+        for (int g = 0; g < G; g++) {
+            const float* qh = t->q + (h0 + g) * t->qld;
+            for (int64_t j = 0; j < D; j++) qn[g * D + j] = qh[j];
+            norm_rope(qn.data() + g * D, D, t->rd, t->qw1, t->eps, t->cs, t->sn);
         }
-        float sum = 0.f;
-        for (int64_t s = 0; s < L; s++) { p[s] = std::exp(p[s] - mx); sum += p[s]; }
-        float* o = t->out + h * D;
-        for (int64_t j = 0; j < D; j++) o[j] = 0.f;
-        for (int64_t s = 0; s < L; s++) {
-            const float w = p[s] / sum;
-            if (t->bf16) { const uint16_t* vr = (const uint16_t*)t->Vc + base + s * D; for (int64_t j = 0; j < D; j++) o[j] += w * bf16f(vr[j]); }
-            else { const float* vr = (const float*)t->Vc + base + s * D; for (int64_t j = 0; j < D; j++) o[j] += w * vr[j]; }
+        const size_t esz = t->bf16 ? 2 : 4, base = (size_t)kvh * t->cap * D * esz;
+        is->attn_scores(qn.data(), G, (const char*)t->Kc + base, t->bf16, L, D, t->scale, p.data());
+        for (int g = 0; g < G; g++) {  // softmax per head
+            float* pg = p.data() + g * L;
+            float mx = -INFINITY, sum = 0.f;
+            for (int64_t s = 0; s < L; s++) mx = pg[s] > mx ? pg[s] : mx;
+            for (int64_t s = 0; s < L; s++) { pg[s] = std::exp(pg[s] - mx); sum += pg[s]; }
+            const float inv = 1.f / sum;
+            for (int64_t s = 0; s < L; s++) pg[s] *= inv;
         }
+        float* o = t->out + h0 * D;  // the group's G output rows are consecutive
+        for (int64_t j = 0; j < G * D; j++) o[j] = 0.f;
+        is->attn_values(p.data(), G, (const char*)t->Vc + base, t->bf16, L, D, o);
         if (t->gated)
-            for (int64_t j = 0; j < D; j++) o[j] *= 1.f / (1.f + std::exp(-qh[D + j]));
+            for (int g = 0; g < G; g++) {
+                const float* qh = t->q + (h0 + g) * t->qld;
+                for (int64_t j = 0; j < D; j++) o[g * D + j] *= 1.f / (1.f + std::exp(-qh[D + j]));
+            }
     }
 }
 

@@ -52,6 +52,10 @@ struct HqIsa {
                           float beta, float kq, int64_t Dk, int64_t Dv, float* o);
     // int4 activations of one token: x [in] -> xq [hq_xq_ld(in)], xs / xsum [in / G] (hq_impl.h)
     void (*int4_prep)(const float* x, int64_t in, int8_t* xq, float* xs, float* xsum);
+    // attention decode (hq_attn.h), G query heads sharing one KV head over its L cached rows:
+    // p [G, L] = scale * q [G, D] . K[s]; o [G, D] += sum_s w [G, L] V[s]
+    void (*attn_scores)(const float* q, int G, const void* K, int bf16, int64_t L, int64_t D, float scale, float* p);
+    void (*attn_values)(const float* w, int G, const void* V, int bf16, int64_t L, int64_t D, float* o);
     int bf16dot;  // bf16 weights take g.xb (bf16 activations) instead of g.xe / g.xo
     int int8dot;  // int8 weights take int8 activations per 64-group (g.xq/xs/xsum), as int4 does
 };

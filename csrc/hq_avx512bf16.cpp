@@ -3,5 +3,6 @@
 #define HQ_AVX512 1
 #define HQ_AVX512BF16 1
 #include "hq_impl.h"
+#include "hq_attn.h"
 
-extern const HqIsa hq_isa_avx512bf16 = {"avx512bf16", rows_any, deltanet_head, int4_prep, 1, 1};
+extern const HqIsa hq_isa_avx512bf16 = {"avx512bf16", rows_any, deltanet_head, int4_prep, attn_scores, attn_values, 1, 1};

@@ -95,14 +95,21 @@ def test_cpp_attention_decode_equals_torch(cache_dtype, gated, nh, nkv, D, rd, p
     K = torch.randn(nkv, pos + 3, D, generator=g).to(cache_dtype)
     V = torch.randn(nkv, pos + 3, D, generator=g).to(cache_dtype)
     ref, K_ref, V_ref = _ref_attn(q, k, v, qw1, kw1, 1e-6, cos, sin, K, V, pos, D ** -0.5, gated)
-    out = cpp.attn_decode(q, k, v, qw1, kw1, 1e-6, cos, sin, K, V, pos, D ** -0.5, gated)
-    # bf16 cache: the new key's rounding may differ by an ulp (fp32 summation order)
-    tol = 1e-5 if cache_dtype == torch.float32 else 1e-2
-    assert torch.allclose(K.float(), K_ref.float(), atol=tol, rtol=tol) and torch.equal(V, V_ref)
-    assert torch.allclose(out, ref, atol=10 * tol, rtol=10 * tol)
-    before = K_ref.clone()
-    before[:, pos] = K[:, pos]
-    assert torch.equal(K, before)  # only position `pos` was written
+    K0, V0 = K, V
+    for isa in [i for i in cpp.ISA_CODE if cpp.isa_supported(i)]:  # each ISA's score / value loops
+        K, V = K0.clone(), V0.clone()
+        cpp.force_isa(isa)
+        try:
+            out = cpp.attn_decode(q, k, v, qw1, kw1, 1e-6, cos, sin, K, V, pos, D ** -0.5, gated)
+        finally:
+            cpp.force_isa(None)
+        # bf16 cache: the new key's rounding may differ by an ulp (fp32 summation order)
+        tol = 1e-5 if cache_dtype == torch.float32 else 1e-2
+        assert torch.allclose(K.float(), K_ref.float(), atol=tol, rtol=tol) and torch.equal(V, V_ref), isa
+        assert torch.allclose(out, ref, atol=10 * tol, rtol=10 * tol), isa
+        before = K_ref.clone()
+        before[:, pos] = K[:, pos]
+        assert torch.equal(K, before), isa  # only position `pos` was written
 
 
 def test_cpp_attention_decode_rejects_bad_shapes():
