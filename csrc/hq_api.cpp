@@ -597,9 +597,11 @@ int hq_deltanet_step(int B, int64_t conv_dim, int K, int S_len, const float* mix
     t.conv_dim = conv_dim; t.Dk = Dk; t.Dv = Dv;
     t.mixed = mixed; t.a = a; t.b = b; t.conv_w = conv_w; t.A_log = A_log; t.dt_bias = dt_bias;
     t.conv_state = conv_state; t.state = state; t.out = out; t.qkv = g_qkv.data();
-    pool().run(dn_conv_task, &t);
+    // a small state (tiny and test models) is cheaper on this thread than handed to the pool
+    const int n = (int64_t)B * Hv * Dk * Dv * 4 >= 2 * g_min_split ? pool().size() : 1;
+    run_split(dn_conv_task, &t, n);
     t.next.store(0);
-    pool().run(dn_head_task, &t);
+    run_split(dn_head_task, &t, n);
     return 0;
 }
 
