@@ -19,6 +19,9 @@ before each):
 in a rotating order per round. Prints the median over rounds of each size's time over the decode
 token's time in the same round (the machine may be shared: ratios within a round are the robust
 number), and the median times.
+
+`--tiny` times the tiny random model (hidden 128) the same way: its weights are a few KB, so the
+ratio is the per-op cost of a verify over a decode token (measured_defaults.CPU_VERIFY_OP_PER_TOKEN).
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the written checkpoint")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--lib", help="load the C++ kernels from this directory (another build, to compare)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="the tiny random model instead (hidden 128: weight reads are negligible, so the "
+                         "ratio is the fast path's per-op cost of a verify over a decode token)")
     a = ap.parse_args(argv)
     import hetero_qwen
     from hetero_qwen.kernels import cpp
@@ -96,7 +102,10 @@ def main(argv=None) -> int:
     if a.lib and not cpp.reload(a.lib):
         raise SystemExit(f"error: no usable kernel library in {a.lib}: {cpp.load_error()}")
     d = Path(f"{a.dir}-{a.dtype}-{a.layers}")
-    if not (d / "config.json").is_file():
+    if a.tiny:
+        from hetero_qwen.tiny import ensure_tiny
+        d, a.keep = ensure_tiny(), True  # the user cache's tiny model: never deleted
+    elif not (d / "config.json").is_file():
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         write_random_quantized(d, a.dtype, raw=cut_config(a.layers))
@@ -125,7 +134,8 @@ def main(argv=None) -> int:
             print(json.dumps(r))
         else:
             what = "decode 1 token " if r["k"] == 0 else f"verify k={r['k']} ({r['tokens']} tok)"
-            print(f"27B x{a.layers} layers {a.dtype} {a.threads}t  {what}  {r['ms']:>8.2f} ms  "
+            model = "tiny" if a.tiny else f"27B x{a.layers} layers"
+            print(f"{model} {a.dtype} {a.threads}t  {what}  {r['ms']:>8.2f} ms  "
                   f"{r['vs_decode']:.3f}x decode", flush=True)
     return 0
 

@@ -57,24 +57,25 @@ MTP_ACCEPTANCE = Measured(
     "overrides it; set in the commit that added planner/mtp.py, 2026-11-30")
 
 # What a speculative verify forward of n tokens costs on the CPU beyond one decode token, for the
-# MTP pricing (planner/mtp.py). On a 2-core AVX2 EPYC (no AVX-512), 1 kernel thread:
+# MTP pricing (planner/mtp.py). A forward of n <= 8 tokens takes the CPU fast path
+# (executor/cpu_decode.py): each projection reads its weights once for the n rows, each mixer runs
+# once per position. On a 2-core AVX2 EPYC (no AVX-512), both cores:
 #  - each extra token adds this share of the weights' batch-1 read time (the small-batch kernels are
-#    compute-bound there): `PYTHONPATH=. python bench/verify_cost.py --dtype int4|int8 --threads 1`,
-#    27B shape cut to 4 layers, verify(3)/decode = 2.00 (int4) and 1.97 (int8) -> 0.5 per token;
-#    bf16 from the kernel-only view (`python bench/kernels.py --verify`, 27B FFN, batch 3 / batch 1
-#    = 1.20) -> 0.1 per token;
-#  - each op of a multi-token forward runs the generic path, not the fused one-token path:
-#    `PYTHONPATH=. python bench/mtp_small.py` (24M-parameter trained model, 2 threads) profiled one
-#    verify of 3 tokens at 19 ms over 17 ops against 3.6 ms per decoded token: ~5x the per-op cost.
+#    compute-bound there): `PYTHONPATH=. python bench/verify_cost.py --dtype int4|int8 --threads 2`,
+#    27B shape cut to 4 layers, verify(n) / decode - 1 per extra token, k = 1..4: int4 0.39 / 0.39 /
+#    0.36 / 0.40; int8 see CPU_VERIFY_EXTRA_TOKEN's source; bf16 from the kernel-only view
+#    (`python bench/kernels.py --verify`, 27B FFN, batch 3 / batch 1 = 1.20) -> 0.1;
+#  - each extra token adds this share of the per-op cost: a tiny model (hidden 128, all per-op cost)
+#    through the same forward, `PYTHONPATH=. python bench/verify_cost.py --tiny`.
 CPU_VERIFY_EXTRA_TOKEN = Measured(
-    {"int4": 0.5, "int8": 0.5, "bf16": 0.1, "fp32": 0.5},
-    "2 cores of an AMD EPYC VM, AVX2 only (no AVX-512), torch 2.13 CPU, 1 kernel thread",
-    "bench/verify_cost.py (int4, int8) and bench/kernels.py --verify (bf16) on the merge of branch "
-    "verify, 2026-11-30")
-CPU_VERIFY_OP_FACTOR = Measured(
-    5.0, "2 cores of an AMD EPYC VM, AVX2 only, torch 2.13 CPU",
-    "per-op cost of a multi-token CPU forward over cpu.op_overhead: bench/mtp_small.py profiled "
-    "(verify 19 ms / 17 ops vs 3.6 ms per decoded token), 2026-11-30")
+    {"int4": 0.4, "int8": 0.4, "bf16": 0.1, "fp32": 0.5},
+    "2 cores of an AMD EPYC VM, AVX2 only (no AVX-512), torch 2.13 CPU, 2 kernel threads",
+    "bench/verify_cost.py --threads 2 (int4, int8) and bench/kernels.py --verify (bf16), after the "
+    "fast path took verify forwards, 2026-11-30")
+CPU_VERIFY_OP_PER_TOKEN = Measured(
+    0.4, "2 cores of an AMD EPYC VM, AVX2 only, torch 2.13 CPU",
+    "per-op cost of each extra token of a CPU forward of n <= 8 tokens over cpu.op_overhead: "
+    "bench/verify_cost.py --tiny, 2026-11-30")
 
 # ---- kernel dispatch (hetero_qwen/kernels/dispatch.py)
 SMALL_BATCH = Measured(

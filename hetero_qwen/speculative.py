@@ -9,6 +9,8 @@ verify position. Greedy is the limit: accept while the draft is the target's arg
 (h_p, x_{p+1}) at position p, h_p the model's hidden after its final norm. Entries only ever depend
 on tokens before them, so after a rewind the ones past it are dropped and the rest stay valid; an
 entry that could not be formed (a gap after a rewind) only lowers acceptance, never changes output.
+The pairs a commit adds wait (`pending`) and run in the next draft's first forward, with its own
+pair: one MTP forward per step instead of two (the layer's weights read once).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def accept_draft(p: torch.Tensor, q: torch.Tensor, draft: int, generator: torch.
     return int(torch.multinomial(residual / total, 1, generator=generator))
 
 
+MERGE_PAIRS = 8  # pending pairs at most (with the draft's own, a forward the CPU fast path takes)
+
+
 class MtpState:
     """One session's MTP cache: `push` the model's hiddens as tokens are fed, `draft` k tokens."""
 
@@ -38,6 +43,21 @@ class MtpState:
         self.positions: list[int] = []  # position p of each cache entry, increasing
         self.last: tuple[int, torch.Tensor] | None = None  # (n - 1, h_{n-1}): the last fed token's hidden
         self.drafted: tuple[int, int] | None = None  # (position, token) of the pair the last draft added
+        # (first position, tokens, hiddens [T, H]): pairs after `positions`, not yet run
+        self.pending: tuple[int, list[int], torch.Tensor] | None = None
+
+    def entries(self) -> list[int]:
+        """Positions of every pair the session holds, run or pending."""
+        p = self.pending
+        return self.positions + (list(range(p[0], p[0] + len(p[1]))) if p else [])
+
+    def _flush(self) -> None:
+        """Run the pending pairs (into the cache, no logits)."""
+        if self.pending is not None:
+            first, tokens, hidden = self.pending
+            self.pending = None
+            self.drafter.forward(tokens, hidden, first, self.cache, logits=False)
+            self.positions.extend(range(first, first + len(tokens)))
 
     def close(self) -> None:
         if self.cache is not None:
@@ -46,10 +66,16 @@ class MtpState:
 
     def reset(self) -> None:
         self.cache.reset()
-        self.positions, self.last, self.drafted = [], None, None
+        self.positions, self.last, self.drafted, self.pending = [], None, None, None
 
     def _drop_from(self, pos: int) -> None:
         """Forget entries at positions >= pos (they paired tokens that are no longer there)."""
+        if self.pending is not None:  # pending pairs come after every run one
+            first, tokens, hidden = self.pending
+            n = max(0, min(len(tokens), pos - first))
+            self.pending = (first, tokens[:n], hidden[:n]) if n else None
+            if n:
+                return
         keep = len(self.positions)
         while keep and self.positions[keep - 1] >= pos:
             keep -= 1
@@ -70,8 +96,14 @@ class MtpState:
         pair_h = torch.cat([self.last[1].view(1, -1).to(hidden.device), hidden[:T - 1]]) if have_prev else hidden[:T - 1]
         pair_t = tokens if have_prev else tokens[1:]
         if pair_t:
-            self.drafter.forward(pair_t, pair_h, first, self.cache, logits=False)
-            self.positions.extend(range(first, first + len(pair_t)))
+            p = self.pending
+            if p is not None and p[0] + len(p[1]) == first:  # they follow the pending ones: wait with them
+                self.pending = (p[0], p[1] + list(pair_t), torch.cat([p[2], pair_h.to(p[2].device, p[2].dtype)]))
+            else:
+                self._flush()
+                self.pending = (first, list(pair_t), pair_h)
+            if len(self.pending[1]) >= MERGE_PAIRS:  # a prompt: run now (a draft's forward stays small)
+                self._flush()
         self.last = (start + T - 1, hidden[-1].clone())
 
     def draft(self, n: int, token: int, k: int, pick) -> tuple[list[int], list]:
@@ -82,8 +114,17 @@ class MtpState:
             return [], []
         self._drop_from(n - 1)
         h = self.last[1].view(1, -1)
-        out, logits = self.drafter.forward([token], h, n - 1, self.cache)
-        self.positions.append(n - 1)
+        p = self.pending
+        if p is not None and p[0] + len(p[1]) == n - 1:  # the pending pairs lead up to this one: one forward
+            self.pending = None
+            first, tokens, hidden = p
+            out, logits = self.drafter.forward(tokens + [token], torch.cat([hidden, h.to(hidden.device, hidden.dtype)]),
+                                               first, self.cache)
+            self.positions.extend(range(first, n))
+        else:
+            self._flush()
+            out, logits = self.drafter.forward([token], h, n - 1, self.cache)
+            self.positions.append(n - 1)
         self.drafted = (n - 1, token)
         drafts, qs = [], []
         for i in range(k):

@@ -62,16 +62,23 @@ def test_checkpoint_without_mtp_loads_with_mtp_off(hf_causal, tmp_path, capsys):
         hetero_qwen.load(tmp_path / "c", dtype="fp32", profile=PROFILE, quiet=True, mtp=True)
 
 
-def test_mtp_layer_equals_reference(mtp_ckpt):
+@pytest.mark.parametrize("one_by_one", [0, 6])
+def test_mtp_layer_equals_reference(mtp_ckpt, one_by_one):
     """Draft logits after a prompt (the pairs (h_p, x_{p+1}) the session pushed, h from the HF model
-    after its final norm) and a second draft on the layer's own output, against the reference."""
+    after its final norm) and a second draft on the layer's own output, against the reference.
+    `one_by_one`: the prompt's last tokens fed singly, so their pairs wait and run in the draft's
+    first forward (MtpState.pending)."""
     model, path = mtp_ckpt
     eng = load(path)
     ckpt = Checkpoint(path, eng.cfg)
     t = {n: ckpt.get(n).float() for n in ckpt.names("mtp.")}
     embed, head = ckpt.get("model.embed_tokens.weight").float(), ckpt.get("lm_head.weight").float()
     s = eng.session()
-    s.feed(PROMPT)
+    cut = len(PROMPT) - one_by_one
+    s.feed(PROMPT[:cut])
+    for x in PROMPT[cut:]:
+        s.feed([x])
+    assert len(s.mtp.pending[1] if s.mtp.pending else []) == one_by_one
     token = 77
     seen = []
     drafts, _ = s.draft(token, 2, lambda lg: (seen.append(lg) or int(lg.argmax()), None))
@@ -124,7 +131,7 @@ def test_rollback_equals_feeding_only_the_kept_tokens(mtp_ckpt, keep):
         b.feed([t])
     assert a.tokens == b.tokens
     _assert_caches_equal(_cache_state(a), _cache_state(b))
-    assert a.mtp.positions == b.mtp.positions and a.mtp.last[0] == b.mtp.last[0]
+    assert a.mtp.entries() == b.mtp.entries() and a.mtp.last[0] == b.mtp.last[0]
     assert rel_err(a.feed([42])[-1], b.feed([42])[-1]) < 1e-5
 
 

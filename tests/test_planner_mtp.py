@@ -154,7 +154,7 @@ def test_room_is_kept_on_the_gpu_when_mtp_pays(monkeypatch):
     from hetero_qwen.planner import mtp
     from hetero_qwen.planner.run_policy import _search
     monkeypatch.setattr(mtp, "CPU_VERIFY_EXTRA_TOKEN", {f: 0.0 for f in ("bf16", "int8", "int4", "fp32")})
-    monkeypatch.setattr(mtp, "CPU_VERIFY_OP_FACTOR", 1.0)
+    monkeypatch.setattr(mtp, "CPU_VERIFY_OP_PER_TOKEN", 0.0)
     cfg = dataclasses.replace(tiny_config(), mtp_num_hidden_layers=1)
     prof = load_profile(tiny_profile_dict()).replace(gpu_dtype="bf16")  # the budgets are sized for bf16
     ctx = PlanContext(cfg, prof)

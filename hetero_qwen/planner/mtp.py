@@ -75,9 +75,10 @@ def kv_bytes_per_token(ctx: PlanContext) -> int:
 
 # ---- pricing --------------------------------------------------------------------------------------
 # A CPU forward of n > 1 tokens costs more than reading the weights once (measured_defaults says how):
-# each extra token adds a share of the batch-1 read time, and every op takes the generic path.
+# each extra token adds a share of the batch-1 read time (the small-batch kernels' compute) and a
+# share of the per-op cost (the mixers run once per position on the fast path, executor/cpu_decode.py).
 CPU_VERIFY_EXTRA_TOKEN = measured_defaults.CPU_VERIFY_EXTRA_TOKEN.value
-CPU_VERIFY_OP_FACTOR = measured_defaults.CPU_VERIFY_OP_FACTOR.value
+CPU_VERIFY_OP_PER_TOKEN = measured_defaults.CPU_VERIFY_OP_PER_TOKEN.value
 
 
 def batch_time(item: Item, home: str, position: float, n: float, p) -> float:
@@ -91,7 +92,7 @@ def batch_time(item: Item, home: str, position: float, n: float, p) -> float:
     overhead = p.cpu_op_overhead if dev == "cpu" and item.kind != "embed" else 0.0
     if dev == "cpu" and n > 1 and item.kind != "embed":  # measured: small batches cost more on the CPU
         read *= 1 + (n - 1) * CPU_VERIFY_EXTRA_TOKEN.get(item.fmt(home), 0.5)
-        overhead *= CPU_VERIFY_OP_FACTOR
+        overhead *= 1 + (n - 1) * CPU_VERIFY_OP_PER_TOKEN
     mem = read + cache / cost.cache_bandwidth(p, dev)
     return max(mem, n * cost.decode_flops(item, position) / cost.flop_rate(p, dev)) + overhead
 
