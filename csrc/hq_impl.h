@@ -270,13 +270,33 @@ static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
+// Lane q of the result = the sum of the 8 int32 lanes of d[q]. Blends (any vector pipe) and
+// in-lane shuffles instead of vphaddd (3 uops, one per 2 cycles on Zen 2/3): 7 shuffles, 13
+// blends and 7 adds for 8 groups. Exact integer sums, so the order is free.
+static inline __m256i hsum8x8(const __m256i (&d)[8]) {
+    // pair(a, b): [a0+a1, b0+b1, a2+a3, b2+b3 | same for lanes 4-7]
+    auto pair32 = [](__m256i a, __m256i b) {
+        return _mm256_add_epi32(_mm256_blend_epi32(a, b, 0xAA),
+                                _mm256_shuffle_epi32(_mm256_blend_epi32(b, a, 0xAA), 0xB1));
+    };
+    // two pair32 results s (groups A, B) and t (C, D): per 128-bit half [A, B, C, D]
+    auto pair64 = [](__m256i s, __m256i t) {
+        return _mm256_add_epi32(_mm256_blend_epi32(s, t, 0xCC),
+                                _mm256_shuffle_epi32(_mm256_blend_epi32(t, s, 0xCC), 0x4E));
+    };
+    const __m256i u = pair64(pair32(d[0], d[1]), pair32(d[2], d[3]));  // groups 0-3 in each half
+    const __m256i v = pair64(pair32(d[4], d[5]), pair32(d[6], d[7]));  // groups 4-7 in each half
+    return _mm256_add_epi32(_mm256_blend_epi32(u, v, 0xF0), _mm256_permute2x128_si256(u, v, 0x21));
+}
+
 // Rows one at a time, in chunks of 8 groups. Per token the 8 groups' integer dots (8 int32 lanes
-// each) are summed to one lane per group by a vphaddd tree, so the fp32 work, scale_g * xs_g and
+// each) are summed to one lane per group (hsum8x8), so the fp32 work, scale_g * xs_g and
 // offset_g * xsum_g, is one cvt and two FMAs per 8 groups and token instead of per group (with
 // several tokens that per-group float work made the kernel compute-bound). With NB > 1 tokens the
 // chunk's unpacked nibbles go through a 512-byte L1 buffer: unpacked once, read by every token.
 // Every token's result comes from the same operations whatever NB is (a verify forward of k + 1
 // tokens computes each row exactly as a decode token does). Exact: |group dot| <= 64*15*127 < 2^24.
+// c is a multiple of 8, so group c + q's activations sit at a constant offset from xq + c * G.
 template <int NB, bool FULL>
 static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, const uint8_t* wr, const uint16_t* mr,
                                                               int64_t c, int n, __m256 (&acc)[NB]) {
@@ -295,11 +315,12 @@ static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, con
         sc = _mm256_load_ps(s8);
         of = _mm256_load_ps(o8);
     }
+    const uint8_t* wc = wr + c * (HQ_G / 2);
     __m256i nib[NB > 1 ? 16 : 1];  // NB > 1: the chunk's lo, hi per group (zero past n)
     if (NB > 1) {
         for (int q = 0; q < 8; q++) {
             if (FULL || q < n) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + (c + q) * (HQ_G / 2)));
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(wc + q * (HQ_G / 2)));
                 nib[2 * q] = _mm256_and_si256(v, m0f);
                 nib[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
             } else {
@@ -308,23 +329,19 @@ static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, con
         }
     }
     for (int b = 0; b < NB; b++) {
-        const int8_t* xq = g.xq + b * lq;
+        const int8_t* xq = g.xq + b * lq + c * HQ_G;  // == hq_xq_off(c) for even c
         __m256i d[8];
         for (int q = 0; q < 8; q++) {
             if (!FULL && q >= n) { d[q] = _mm256_setzero_si256(); continue; }
+            const int8_t* xg = xq + hq_xq_off(q);
             if (NB > 1) {
-                d[q] = u4s8_dot(nib[2 * q], nib[2 * q + 1], xq + hq_xq_off(c + q));
+                d[q] = u4s8_dot(nib[2 * q], nib[2 * q + 1], xg);
             } else {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + (c + q) * (HQ_G / 2)));
-                d[q] = u4s8_dot(_mm256_and_si256(v, m0f), _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f),
-                                xq + hq_xq_off(c + q));
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(wc + q * (HQ_G / 2)));
+                d[q] = u4s8_dot(_mm256_and_si256(v, m0f), _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f), xg);
             }
         }
-        // lanes: hadd(a, b) = [a01 a23 b01 b23 | a45 a67 b45 b67]; two levels give groups 0-3 (and
-        // 4-7) in each 128-bit half, the cross-half add gives group q's total in lane q
-        const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
-        const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));
-        const __m256i sum = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+        const __m256i sum = hsum8x8(d);
         const __m256 sx = _mm256_mul_ps(sc, _mm256_loadu_ps(g.xs + b * ls + c));
         acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sx, acc[b]);
         acc[b] = _mm256_fmadd_ps(of, _mm256_loadu_ps(g.xsum + b * ls + c), acc[b]);
