@@ -261,47 +261,22 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
     for (int i = 0; i < R; i++) for (int b = 0; b < NB; b++) s[i][b] = _mm512_reduce_add_ps(acc[i][b]);
 }
 #elif defined(HQ_AVX2)
-// maddubs: |products| <= 15*127*2 per pair, sum of both halves <= 7620: no saturation.
-// One group's integer dot as 8 int32 partial sums (lo: inputs 0..31, hi: 32..63).
-static inline __m256i u4s8_dot(__m256i lo, __m256i hi, const int8_t* xq) {
-    __m256i x0 = _mm256_loadu_si256((const __m256i*)xq);
-    __m256i x1 = _mm256_loadu_si256((const __m256i*)(xq + HQ_G));
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-// Lane q of the result = the sum of the 8 int32 lanes of d[q]. Blends (any vector pipe) and
-// in-lane shuffles instead of vphaddd (3 uops, one per 2 cycles on Zen 2/3): 7 shuffles, 13
-// blends and 7 adds for 8 groups. Exact integer sums, so the order is free.
-static inline __m256i hsum8x8(const __m256i (&d)[8]) {
-    // pair(a, b): [a0+a1, b0+b1, a2+a3, b2+b3 | same for lanes 4-7]
-    auto pair32 = [](__m256i a, __m256i b) {
-        return _mm256_add_epi32(_mm256_blend_epi32(a, b, 0xAA),
-                                _mm256_shuffle_epi32(_mm256_blend_epi32(b, a, 0xAA), 0xB1));
-    };
-    // two pair32 results s (groups A, B) and t (C, D): per 128-bit half [A, B, C, D]
-    auto pair64 = [](__m256i s, __m256i t) {
-        return _mm256_add_epi32(_mm256_blend_epi32(s, t, 0xCC),
-                                _mm256_shuffle_epi32(_mm256_blend_epi32(t, s, 0xCC), 0x4E));
-    };
-    const __m256i u = pair64(pair32(d[0], d[1]), pair32(d[2], d[3]));  // groups 0-3 in each half
-    const __m256i v = pair64(pair32(d[4], d[5]), pair32(d[6], d[7]));  // groups 4-7 in each half
-    return _mm256_add_epi32(_mm256_blend_epi32(u, v, 0xF0), _mm256_permute2x128_si256(u, v, 0x21));
-}
-
-// Rows one at a time, in chunks of 8 groups. Per token the 8 groups' integer dots (8 int32 lanes
-// each) are summed to one lane per group (hsum8x8), so the fp32 work, scale_g * xs_g and
-// offset_g * xsum_g, is one cvt and two FMAs per 8 groups and token instead of per group (with
-// several tokens that per-group float work made the kernel compute-bound). With NB > 1 tokens the
-// chunk's unpacked nibbles go through a 512-byte L1 buffer: unpacked once, read by every token.
-// Every token's result comes from the same operations whatever NB is (a verify forward of k + 1
-// tokens computes each row exactly as a decode token does). Exact: |group dot| <= 64*15*127 < 2^24.
-// c is a multiple of 8, so group c + q's activations sit at a constant offset from xq + c * G.
+// Rows one at a time, in chunks of 8 groups (the chunk's fp16 scales and offsets are converted
+// together). Per group and token: p = maddubs(lo, x[0:32)) + maddubs(hi, x[32:64)) (16 int16;
+// |maddubs lane| <= 2*15*127, |p| <= 7620: no saturation), widened to 8 int32 by pmaddwd,
+// converted to fp32 and FMA'd with scale_g * xs_g (broadcast by vpermps from the chunk's vector;
+// a broadcast load after the store was ~8% slower on Zen 3) into the token's accumulator for even
+// or odd groups (two FMA chains): 7 vector ops per group and token and no horizontal sums (the
+// per-group reduction to one lane, hsum8x8 or vphaddd, cost more per token: ~15% at batch 2-5).
+// Offsets: one FMA per chunk and token (offset_g * xsum_g into the odd accumulator). A group's
+// nibbles are unpacked once (and, shift, and) and applied to all NB tokens. The float order
+// depends only on the row, never on NB: every token's result equals its batch-1 result bit for
+// bit (a verify forward of k + 1 tokens computes each row exactly as a decode token does).
 template <int NB, bool FULL>
 static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, const uint8_t* wr, const uint16_t* mr,
-                                                              int64_t c, int n, __m256 (&acc)[NB]) {
+                                                              int64_t c, int n, __m256 (&acc)[NB][2]) {
     const int64_t lq = hq_xq_ld(g.in), ls = hq_xs_ld(g.in);
-    const __m256i m0f = _mm256_set1_epi8(0x0F);
+    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 sc, of;  // groups c..c+7: fp32 scales and offsets (zero past n)
     if (FULL) {
         const __m256i ev = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // (s, o) pairs -> s x4, o x4
@@ -315,36 +290,25 @@ static inline __attribute__((always_inline)) void int4_chunk8(const Gemv& g, con
         sc = _mm256_load_ps(s8);
         of = _mm256_load_ps(o8);
     }
-    const uint8_t* wc = wr + c * (HQ_G / 2);
-    __m256i nib[NB > 1 ? 16 : 1];  // NB > 1: the chunk's lo, hi per group (zero past n)
-    if (NB > 1) {
-        for (int q = 0; q < 8; q++) {
-            if (FULL || q < n) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(wc + q * (HQ_G / 2)));
-                nib[2 * q] = _mm256_and_si256(v, m0f);
-                nib[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
-            } else {
-                nib[2 * q] = nib[2 * q + 1] = _mm256_setzero_si256();
-            }
-        }
-    }
+    __m256 sx[NB];  // scale_g * xs_g per token
     for (int b = 0; b < NB; b++) {
-        const int8_t* xq = g.xq + b * lq + c * HQ_G;  // == hq_xq_off(c) for even c
-        __m256i d[8];
-        for (int q = 0; q < 8; q++) {
-            if (!FULL && q >= n) { d[q] = _mm256_setzero_si256(); continue; }
-            const int8_t* xg = xq + hq_xq_off(q);
-            if (NB > 1) {
-                d[q] = u4s8_dot(nib[2 * q], nib[2 * q + 1], xg);
-            } else {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(wc + q * (HQ_G / 2)));
-                d[q] = u4s8_dot(_mm256_and_si256(v, m0f), _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f), xg);
-            }
+        sx[b] = _mm256_mul_ps(sc, _mm256_loadu_ps(g.xs + b * ls + c));
+        acc[b][1] = _mm256_fmadd_ps(of, _mm256_loadu_ps(g.xsum + b * ls + c), acc[b][1]);
+    }
+    const uint8_t* wc = wr + c * (HQ_G / 2);
+    const int8_t* xc = g.xq + c * HQ_G;  // group c's activations (c is even: hq_xq_off(c) = c * G)
+#pragma GCC unroll 8
+    for (int q = 0; q < (FULL ? 8 : n); q++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(wc + q * (HQ_G / 2)));
+        const __m256i lo = _mm256_and_si256(v, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; b++) {
+            const int8_t* xg = xc + b * lq + hq_xq_off(q);
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)xg)),
+                                               _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(xg + HQ_G))));
+            const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+            acc[b][q & 1] = _mm256_fmadd_ps(d, _mm256_permutevar8x32_ps(sx[b], _mm256_set1_epi32(q)), acc[b][q & 1]);
         }
-        const __m256i sum = hsum8x8(d);
-        const __m256 sx = _mm256_mul_ps(sc, _mm256_loadu_ps(g.xs + b * ls + c));
-        acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), sx, acc[b]);
-        acc[b] = _mm256_fmadd_ps(of, _mm256_loadu_ps(g.xsum + b * ls + c), acc[b]);
     }
 }
 
@@ -354,8 +318,8 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
     for (int i = 0; i < R; i++) {
         const uint8_t* wr = (const uint8_t*)g.w + (r + i) * rowb;
         const uint16_t* mr = (const uint16_t*)g.meta + (r + i) * ng * 2;
-        __m256 acc[NB];
-        for (int b = 0; b < NB; b++) acc[b] = _mm256_setzero_ps();
+        __m256 acc[NB][2];
+        for (int b = 0; b < NB; b++) acc[b][0] = acc[b][1] = _mm256_setzero_ps();
         int64_t c = 0;
         for (; c + 8 <= full; c += 8) {  // rows one after another: one linear prefetch stream
             if (g.pf_dist > 0) pf_lines((const char*)(wr + c * (HQ_G / 2)) + g.pf_dist, 8 * (HQ_G / 2), g);
@@ -365,7 +329,7 @@ static inline void int4_dots(const Gemv& g, int64_t r, float (&s)[R][NB], const 
             if (g.pf_dist > 0) pf_lines((const char*)(wr + c * (HQ_G / 2)) + g.pf_dist, (full - c) * (HQ_G / 2), g);
             int4_chunk8<NB, false>(g, wr, mr, c, (int)(full - c), acc);
         }
-        for (int b = 0; b < NB; b++) s[i][b] = vhsum(acc[b]);
+        for (int b = 0; b < NB; b++) s[i][b] = vhsum(_mm256_add_ps(acc[b][0], acc[b][1]));
     }
 }
 #else
