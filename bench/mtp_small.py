@@ -155,9 +155,13 @@ def main(argv=None) -> int:
         print(json.dumps(result, indent=2), flush=True)
     prompts = [w[: a.prompt_tokens] for w in windows(held[len(held) // 2:], a.prompts)]
     result["mtp"] = speculation(a.model, prompts, a.tokens, a.threads, (1, 2, 3, 4), a.rounds)
+    out = a.model / "mtp_small.json"
+    if a.skip_perplexity and out.is_file():  # keep the perplexities an earlier full run wrote
+        old = json.loads(out.read_text())
+        result = {**{k: v for k, v in old.items() if k.startswith("perplexity")}, **result}
     text = json.dumps(result, indent=2)
     print(text)
-    (a.model / "mtp_small.json").write_text(text)
+    out.write_text(text)
     return 0
 
 

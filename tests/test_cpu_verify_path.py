@@ -130,3 +130,24 @@ def test_cpu_mtp_draft_equals_the_generic_mtp_forward(mtp_path, fmt):
         drafter.release_cache(cache)
     for a, b in zip(*outs):
         assert rel_err(a, b) < 1e-4
+
+
+def test_verify_state_slots_are_charged_to_the_budget(hf_causal):
+    """The DeltaNet state slots a verify keeps are charged to the state's device when first made, and
+    closing the session gives every byte back."""
+    _, path = hf_causal
+    eng = load(path, "int8", "fp32")
+    mem = eng.devices.cpu.memory
+    before = mem.used
+    s = eng.session()
+    opened = mem.used
+    s.feed(PROMPT)
+    s.verify(FOLLOW)
+    states = [c for c in s.caches if hasattr(c, "keep_slots")]
+    slot_bytes = sum(4 * len(FOLLOW) * (c.state.numel() + c.conv.numel()) for c in states)
+    assert states and mem.used - opened == slot_bytes
+    s.commit(2)
+    s.verify(FOLLOW[:3])  # fewer positions: the slots made already serve, nothing more is charged
+    assert mem.used - opened == slot_bytes
+    s.close()
+    assert mem.used == before

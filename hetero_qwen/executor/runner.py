@@ -75,6 +75,8 @@ class Runner:
             c = new_cache(self.cfg, layer.kind, batch, capacity, kv_dtype or self.dtype, dev.torch)
             dev.memory.alloc(c.nbytes(), f"{layer.mixer.name} cache")
             c.owner = dev  # so release_caches can give the bytes back
+            if hasattr(c, "on_grow"):  # a DeltaNet state's verify slots (speculative decoding), when made
+                c.on_grow = lambda n, dev=dev, name=layer.mixer.name: dev.memory.alloc(n, f"{name} cache")
             caches.append(c)
         return caches
 

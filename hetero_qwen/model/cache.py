@@ -92,14 +92,25 @@ class DeltaNetCache:
         self.keep_slots = False  # set around a verify forward: keep the state after every position
         self.slot_conv = self.slot_state = None  # [T, ...] of the last forward run with keep_slots
         self.slots = 0  # positions held in the slots (0: nothing to trim back to)
+        self.on_grow = None  # (nbytes) -> None, told before the slots grow (the executor charges a budget)
+
+    def _slot_bytes(self) -> int:
+        return 0 if self.slot_state is None else 4 * (self.slot_state.numel() + self.slot_conv.numel())
+
+    def _ensure_slots(self, T: int) -> None:
+        """Room for T positions' slots, allocated once per draft length (and charged first)."""
+        if self.slot_state is not None and self.slot_state.shape[0] >= T:
+            return
+        if self.on_grow is not None:
+            self.on_grow(4 * T * (self.state.numel() + self.conv.numel()) - self._slot_bytes())
+        self.slot_state = torch.empty((T, *self.state.shape), dtype=torch.float32, device=self.state.device)
+        self.slot_conv = torch.empty((T, *self.conv.shape), dtype=torch.float32, device=self.conv.device)
 
     def record(self, seq: torch.Tensor, states: torch.Tensor) -> None:
         """Keep the conv window and recurrent state after each of the T positions of a verify
         forward: `seq` [B, C, K-1+T] its conv inputs (previous window first), `states` [T, B, Hv, Dk, Dv]."""
         T, K1 = states.shape[0], self.conv.shape[-1]
-        if self.slot_state is None or self.slot_state.shape[0] < T:  # allocated once per draft length
-            self.slot_state = torch.empty((T, *self.state.shape), dtype=torch.float32, device=self.state.device)
-            self.slot_conv = torch.empty((T, *self.conv.shape), dtype=torch.float32, device=self.conv.device)
+        self._ensure_slots(T)
         for t in range(T):
             self.slot_conv[t].copy_(seq[:, :, t + 1:t + 1 + K1])
         self.slot_state[:T].copy_(states)
@@ -110,16 +121,15 @@ class DeltaNetCache:
         position at a time (the fused decode step); the same slots `record` keeps."""
         if t == 0:
             self.slots = 0
-            if self.slot_state is None or self.slot_state.shape[0] < T:
-                self.slot_state = torch.empty((T, *self.state.shape), dtype=torch.float32, device=self.state.device)
-                self.slot_conv = torch.empty((T, *self.conv.shape), dtype=torch.float32, device=self.conv.device)
+            self._ensure_slots(T)
         self.slot_conv[t].copy_(self.conv)
         self.slot_state[t].copy_(self.state)
         if t == T - 1:
             self.slots = T
 
     def nbytes(self) -> int:
-        return self.conv.numel() * self.conv.element_size() + self.state.numel() * 4
+        """The states and any verify slots allocated so far."""
+        return self.conv.numel() * self.conv.element_size() + self.state.numel() * 4 + self._slot_bytes()
 
     def reset(self) -> None:
         self.conv.zero_()
