@@ -8,6 +8,7 @@
      (the engine's own decode timing: prefill excluded).
 
     PYTHONPATH=. python bench/mtp_small.py [--model DIR] [--threads 2] [--prompts 6] [--tokens 96]
+        [--skip-perplexity] [--draft-vocab N]
 
 Prints one JSON object (and writes it next to the model as mtp_small.json). Ratios only: the machine
 is shared, so absolute figures move between runs; every speed is compared with its baseline measured
@@ -101,9 +102,13 @@ def generate(eng, prompt: list[int], tokens: int, k: int) -> tuple[list[int], di
     return out, eng.stats.as_dict()
 
 
-def speculation(model_dir: Path, prompts: list[list[int]], tokens: int, threads: int, ks, rounds: int) -> dict:
+def speculation(model_dir: Path, prompts: list[list[int]], tokens: int, threads: int, ks, rounds: int,
+                draft_vocab: int | None = None) -> dict:
     import hetero_qwen
-    eng = hetero_qwen.load(model_dir, profile={"cpu": {"ram": "8GiB", "threads": threads}}, dtype="bf16", quiet=True,
+    prof = {"cpu": {"ram": "8GiB", "threads": threads}}
+    if draft_vocab:
+        prof["mtp"] = {"draft_vocab": draft_vocab}
+    eng = hetero_qwen.load(model_dir, profile=prof, dtype="bf16", quiet=True,
                            mtp=True)  # on whatever the plan predicts: this measures it
     assert eng.mtp is not None, "the model has no MTP layer"
     base = {i: generate(eng, p, tokens, 0)[0] for i, p in enumerate(prompts)}
@@ -138,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=96, help="tokens generated per prompt")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-perplexity", action="store_true")
+    ap.add_argument("--draft-vocab", type=int, help="drafts pick among token ids < N (profile mtp.draft_vocab)")
     a = ap.parse_args(argv)
     if not (a.model / "config.json").is_file():
         raise SystemExit(f"error: no trained model at {a.model}: run `python bench/train_small.py` first")
@@ -154,11 +160,12 @@ def main(argv=None) -> int:
         result["perplexity_gpu_formats"] = gpu_format_perplexities(a.model, wins)
         print(json.dumps(result, indent=2), flush=True)
     prompts = [w[: a.prompt_tokens] for w in windows(held[len(held) // 2:], a.prompts)]
-    result["mtp"] = speculation(a.model, prompts, a.tokens, a.threads, (1, 2, 3, 4), a.rounds)
+    key = f"mtp_draft_vocab_{a.draft_vocab}" if a.draft_vocab else "mtp"
+    result[key] = speculation(a.model, prompts, a.tokens, a.threads, (1, 2, 3, 4), a.rounds, a.draft_vocab)
     out = a.model / "mtp_small.json"
     if a.skip_perplexity and out.is_file():  # keep the perplexities an earlier full run wrote
         old = json.loads(out.read_text())
-        result = {**{k: v for k, v in old.items() if k.startswith("perplexity")}, **result}
+        result = {**{k: v for k, v in old.items() if k.startswith(("perplexity", "mtp"))}, **result}
     text = json.dumps(result, indent=2)
     print(text)
     out.write_text(text)

@@ -147,6 +147,7 @@ def load(path_or_preset: str | Path, profile=None, dtype: str | torch.dtype | No
                     plan=plan, prefill_chunk=prof.prefill_chunk, mtp=drafter)
     if drafter is not None and plan.mtp is not None:  # generate/chat default to the plan's k
         engine.draft_tokens = plan.mtp.draft_tokens
+        drafter.set_draft_vocab(plan.mtp.draft_vocab)
     elif drafter is None and plan.mtp is not None and ckpt.mtp_missing() is None:
         engine.mtp_note = (f"the MTP layer is not loaded ({plan.mtp.reason}); load with --mtp or "
                            f"--draft-tokens K to use it")

@@ -16,7 +16,8 @@
     server:    {prompt_cache: 4GiB}    # `serve`: host RAM for parked conversations' KV + DeltaNet copies
     vision:    on                      # off: never load or plan the vision tower (as --text-only)
     image_max_pixels: 16777216         # largest image the tower's working set is planned for (default: the processor's)
-    mtp:       {acceptance: 0.8, draft_tokens: auto}   # MTP drafts per step: auto (the planner's k) | 0..4
+    mtp:       {acceptance: 0.8, draft_tokens: auto, draft_vocab: all}   # MTP drafts per step: auto (the planner's k) | 0..4;
+                                                   # draft_vocab N: drafts pick among token ids < N (a smaller draft head)
     overrides:                         # first regex match (re.search on the group name) wins
       - {match: 'layers\\.6[0-3]\\.mlp', home: gpu}
       - {match: 'lm_head', dtype: bf16}   # a group's format (GPU: bf16|int8|int4|fp8; RAM: bf16|int8|int4)
@@ -97,6 +98,7 @@ class Profile:
     image_max_pixels: int | None = None  # the tower's working set at this image size; None: the checkpoint's processor's
     mtp_acceptance: float | None = None  # expected per-draft MTP acceptance; None: measured_defaults.MTP_ACCEPTANCE
     mtp_draft_tokens: int | str = "auto"  # MTP drafts per step: "auto" (planner/mtp.py), "on" (best k >= 1), or k
+    mtp_draft_vocab: int | str = "all"  # drafts pick among the first N token ids only ("all": the whole vocabulary)
     overrides: tuple[Override, ...] = ()
     source: str = "<defaults>"
 
@@ -169,6 +171,12 @@ def _draft_tokens(v) -> int | str:
     raise ValueError("is not allowed")
 
 
+def _draft_vocab(v) -> int | str:
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 256):
+        return v
+    raise ValueError("is not allowed")
+
+
 def _pos_int(v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError("is not a positive integer")
@@ -225,6 +233,7 @@ SCHEMA: dict[str, tuple[str, object, str]] = {
     "image_max_pixels": ("image_max_pixels", _pos_int, "a positive number of pixels, e.g. 1048576"),
     "mtp.acceptance": ("mtp_acceptance", _acceptance, "a share in [0, 1], e.g. 0.8"),
     "mtp.draft_tokens": ("mtp_draft_tokens", _draft_tokens, "auto or a number of drafts 0..4"),
+    "mtp.draft_vocab": ("mtp_draft_vocab", _draft_vocab, "all or a number of token ids >= 256, e.g. 32768"),
 }
 OVERRIDE_KEYS = ("match", "home", "dtype")
 OVERRIDE_DTYPES = GPU_FORMATS  # on the CPU, fp8 is not a format: such a group takes cpu_dtype there

@@ -207,6 +207,28 @@ def test_greedy_equals_plain_decoding_for_cpu_formats(mtp_ckpt, fmt, dtype):
     _check_greedy(load(path, dtype=dtype, weights={"gpu_dtype": "bf16", "cpu_dtype": fmt}))
 
 
+@pytest.mark.parametrize("fmt", ["float", "int8"])  # the generic MTP forward; the C++ fast path
+def test_trimmed_draft_vocabulary(mtp_ckpt, fmt):
+    """mtp.draft_vocab: drafts pick among the first ids only (the head's first rows, a view), the
+    rest of a draft's logits is -inf, and greedy output still equals plain decoding."""
+    _, path = mtp_ckpt
+    weights = {} if fmt == "float" else {"weights": {"gpu_dtype": "bf16", "cpu_dtype": fmt}}
+    full = load(path, **weights)
+    eng = load(path, mtp={"draft_tokens": 2, "draft_vocab": 256}, **weights)
+    assert eng.plan.mtp.draft_vocab == 256 and eng.mtp.draft_vocab == 256
+    assert (eng.mtp.cpu_path is not None) == (fmt != "float") and eng.mtp.draft_head is not None
+    seen = {}
+    for name, e in (("full", full), ("trimmed", eng)):
+        s = e.session()
+        s.feed(PROMPT)
+        seen[name] = []
+        s.draft(77, 2, lambda lg, out=seen[name]: (out.append(lg) or int(lg.argmax()), None))
+    for lg in seen["trimmed"]:
+        assert lg.shape == (eng.cfg.vocab_size,) and torch.isneginf(lg[256:]).all()
+    assert rel_err(seen["trimmed"][0][:256], seen["full"][0][:256]) < 1e-5
+    _check_greedy(eng)
+
+
 def test_caches_after_speculative_decode_equal_plain_decode(mtp_ckpt):
     """After a reply with drafts accepted and rejected, the session equals one that never drafted."""
     _, path = mtp_ckpt
@@ -287,16 +309,20 @@ class MarkovSpec:
         self.tokens += self.pending[:m]
 
 
-def test_speculative_generation_keeps_the_joint_distribution():
+@pytest.mark.parametrize("trimmed", [False, True])
+def test_speculative_generation_keeps_the_joint_distribution(trimmed):
     """The first three tokens sampled with k = 2 drafts from a poor draft table: their joint distribution is the
     target chain's (64 cells, chi-square bound at the 0.999 quantile of 63 degrees of freedom, 103.4),
-    over accepts, rejects with resampling and bonus tokens."""
+    over accepts, rejects with resampling and bonus tokens. `trimmed`: drafts never propose the last
+    id (logits -inf, as with mtp.draft_vocab), which the target must still produce."""
     from hetero_qwen.decode import SpeculativeGeneration
     from hetero_qwen.sampling import Sampler, SamplingParams
     g = torch.Generator().manual_seed(1)
     V = 4
     P = torch.randn(V, V, generator=g) * 1.2
     Q = torch.randn(V, V, generator=g) * 1.2
+    if trimmed:
+        Q[:, V - 1] = float("-inf")
     first = torch.randn(V, generator=g)
     counts = torch.zeros(V, V, V)
     proposed = accepted = 0

@@ -142,6 +142,19 @@ def test_profile_keys():
         load_profile({"mtp": {"draft_tokens": 7}})
 
 
+def test_trimmed_draft_vocabulary_prices_fewer_head_rows(cfg27):
+    """mtp.draft_vocab N: a draft reads N of the head's 248320 rows; the plan records N and shows it."""
+    full = make_plan(cfg27, _prof(CPU_ONLY, draft_tokens=2))
+    trimmed = make_plan(cfg27, _prof(CPU_ONLY, draft_tokens=2, draft_vocab=32768))
+    assert full.mtp.draft_vocab == 0 and trimmed.mtp.draft_vocab == 32768
+    f, t = full.mtp.tokens_per_s_by_k, trimmed.mtp.tokens_per_s_by_k
+    assert t[0] == f[0] and all(a > b for a, b in zip(t[1:], f[1:]))
+    assert "drafts from token ids < 32768" in render(trimmed) and "drafts from" not in render(full)
+    assert Plan.from_json(trimmed.to_json()) == trimmed
+    with pytest.raises(ProfileError, match=r"mtp\.draft_vocab: 100 is not allowed"):
+        load_profile({"mtp": {"draft_vocab": 100}})
+
+
 def test_no_mtp_layer_no_mtp_in_the_plan():
     plan = make_plan(tiny_config(), load_profile(tiny_profile_dict()))
     assert plan.mtp is None and "MTP" not in render(plan)

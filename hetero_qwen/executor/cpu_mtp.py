@@ -32,6 +32,7 @@ class CpuMtpPath:
         self.fc = _Linear(fc)
         _, self.attn, self.ffn = layer
         self.norm = _Norm(vectors["norm.weight"], eps)
+        self.full_head = head
         self.head = _Linear(head, fresh_output=True)
         self.cat = _PerT(lambda T: torch.empty(T, 2 * H))
 
@@ -60,6 +61,10 @@ class CpuMtpPath:
         self.ffn(x)
         out = self.norm(x)
         return out.clone(), (self.head(out[-1:])[0] if logits else None)
+
+    def set_head(self, head: CpuLinear) -> None:
+        """The head drafts run (the whole one, or its first rows for a trimmed draft vocabulary)."""
+        self.head = _Linear(head, fresh_output=True)
 
     @staticmethod
     def takes(T: int) -> bool:

@@ -35,6 +35,27 @@ class MtpDrafter:
         self.head_device, self.head = runner.devices[head_dev], runner.head.ops[head_dev]
         self._rope = Rope(self.cfg, device.torch)
         self.cpu_path = None  # cpu_mtp.CpuMtpPath when the layer and head run on the CPU's C++ kernels
+        self.draft_vocab = None  # drafts pick among token ids < this (set_draft_vocab); None: all
+        self.draft_head = None   # the head's first draft_vocab rows, where its layout allows a view
+
+    def set_draft_vocab(self, n: int | None) -> None:
+        """Drafts pick among token ids < n (the plan's mtp.draft_vocab; 0 or None: all of them). The
+        other logits of a draft are -inf; the verify forward still scores the whole vocabulary."""
+        from .draft_head import first_rows, first_rows_kernel
+        V = self.cfg.vocab_size
+        self.draft_vocab = n if n and n < V else None
+        self.draft_head = first_rows(self.head, n) if self.draft_vocab else None
+        if self.cpu_path is not None:
+            self.cpu_path.set_head(first_rows_kernel(self.cpu_path.full_head, n) if self.draft_vocab
+                                   else self.cpu_path.full_head)
+
+    def _padded(self, part: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [n] of the first n ids -> [V] with -inf past them."""
+        if self.draft_vocab is None or part.shape[-1] == self.cfg.vocab_size:
+            return part
+        full = torch.full((self.cfg.vocab_size,), float("-inf"))
+        full[:part.shape[-1]] = part
+        return full
 
     def new_cache(self, capacity: int):
         c = new_cache(self.cfg, FULL, 1, capacity, self.runner.dtype, self.device.torch)
@@ -50,7 +71,8 @@ class MtpDrafter:
         dev, runner = self.device, self.runner
         if self.cpu_path is not None and self.cpu_path.takes(len(tokens)):
             emb = runner.embed[torch.tensor(tokens, device=runner.embed.device)].to("cpu")
-            return self.cpu_path(emb, hidden.to("cpu").view(len(tokens), -1), start, cache, logits)
+            out, lg = self.cpu_path(emb, hidden.to("cpu").view(len(tokens), -1), start, cache, logits)
+            return out, (None if lg is None else self._padded(lg))
         ids = torch.tensor([tokens])
         emb = runner.embed[ids.to(runner.embed.device)].to(runner.dtype)
         emb = runner.devices.hop(emb, runner.embed_device, dev)
@@ -61,7 +83,11 @@ class MtpDrafter:
         if not logits:
             return out, None
         last = runner.devices.hop(out[-1:], dev, self.head_device)
-        return out, self.head(last).float().to("cpu")[0]
+        if self.draft_vocab is None:
+            return out, self.head(last).float().to("cpu")[0]
+        if self.draft_head is not None:
+            return out, self._padded(self.draft_head(last).float().to("cpu")[0])
+        return out, self._padded(self.head(last).float().to("cpu")[0][:self.draft_vocab])
 
 
 def planned_placement(plan, head_placement):

@@ -81,6 +81,12 @@ CPU_VERIFY_EXTRA_TOKEN = measured_defaults.CPU_VERIFY_EXTRA_TOKEN.value
 CPU_VERIFY_OP_PER_TOKEN = measured_defaults.CPU_VERIFY_OP_PER_TOKEN.value
 
 
+def draft_vocab(ctx: PlanContext) -> int:
+    """Token ids a draft picks among (profile mtp.draft_vocab; the whole vocabulary by default)."""
+    v = ctx.p.mtp_draft_vocab
+    return ctx.cfg.vocab_size if v == "all" else min(int(v), ctx.cfg.vocab_size)
+
+
 def batch_time(item: Item, home: str, position: float, n: float, p) -> float:
     """Roofline seconds of `item` over n tokens in one forward at `position` cached tokens: its
     weights read once (the embedding: n rows), FLOPs x n, attention's KV read once, a DeltaNet
@@ -114,7 +120,8 @@ def speeds(ctx: PlanContext, homes: list[str], hops: int, mtp_home: str, gpu_fmt
     e_dev, h_dev, m_dev = device_of(homes[embed]), device_of(homes[head]), device_of(mtp_home)
     hop = cost.decode_hop_time(p)
     draft_hops = sum(x != y for x, y in ((e_dev, m_dev), (m_dev, h_dev), (h_dev, e_dev)))
-    t_draft = (sum(cost.decode_time(it, mtp_home, pos, p) for it in layer) + ctx.decode_s(head, homes[head])
+    share = draft_vocab(ctx) / ctx.cfg.vocab_size  # of the head's rows a draft reads
+    t_draft = (sum(cost.decode_time(it, mtp_home, pos, p) for it in layer) + share * ctx.decode_s(head, homes[head])
                + ctx.decode_s(embed, homes[embed]) + draft_hops * hop)
     out = {}
     for k in ks:
@@ -202,7 +209,7 @@ def plan_mtp(ctx: PlanContext, groups: tuple[GroupPlacement, ...], tiers: dict,
         state_slot_bytes=(k + 1) * sum(g.cache_bytes for g in groups if g.cache == "state") if k else 0,
         draft_tokens=k, acceptance=a, decode_tokens_per_s=plain,
         decode_tokens_per_s_mtp=table[shown][k], tokens_per_s_by_k=tuple(table[shown][j] for j in sorted(table[shown])),
-        reason=reason)
+        reason=reason, draft_vocab=0 if draft_vocab(ctx) == ctx.cfg.vocab_size else draft_vocab(ctx))
     return mtp, tiers
 
 

@@ -84,6 +84,7 @@ class MtpPlacement:
     decode_tokens_per_s_mtp: float  # predicted with MTP at draft_tokens (= without when 0)
     tokens_per_s_by_k: tuple  # predicted decode tokens/s at k = 0, 1, 2, ... with the layer on `home`
     reason: str  # one line: why this k
+    draft_vocab: int = 0  # drafts pick among token ids < draft_vocab (head rows read per draft); 0: all
 
     @property
     def device(self) -> str | None:

@@ -98,7 +98,8 @@ def mtp_lines(plan: Plan) -> list[str]:
         f"{'the GPU' if m.home == 'gpu' else 'RAM (CPU computes)'}, {fmt_bytes(m.bytes)} {m.dtype} + "
         f"KV {fmt_bytes(m.cache_bytes)}" + (f"; DeltaNet state slots {fmt_bytes(m.state_slot_bytes)}"
                                             if m.state_slot_bytes else ""))
+    vocab = f"; drafts from token ids < {m.draft_vocab}" if m.draft_vocab else ""
     return [f"  MTP      {m.decode_tokens_per_s_mtp:6.2f} tokens/s  with {m.draft_tokens} drafts per step "
             f"({m.decode_tokens_per_s:.2f} without); {m.reason}",
             f"           tokens/s by drafts per step k: {by_k} (acceptance {m.acceptance:g} per draft)",
-            f"           MTP layer: {where}"]
+            f"           MTP layer: {where}{vocab}"]
