@@ -232,6 +232,8 @@ class _Attention:
 class CpuDecodePath:
     """Per layer: a fast runner for T <= MAX_TOKENS tokens, or None where the generic path must run it."""
 
+    max_tokens = MAX_TOKENS
+
     def __init__(self, layers: list, head):
         self.layers, self.head = layers, head
 

@@ -126,13 +126,13 @@ class Runner:
         self.prefetcher.begin(order)
 
     def _fast_path(self, B: int, T: int, images: bool = False):
-        """The CPU fast path for a forward of one sequence's T <= MAX_TOKENS tokens, or None."""
-        from .cpu_decode import MAX_TOKENS
+        """The CPU fast path for a forward of one sequence's T tokens (up to its max_tokens), or None."""
         if images:  # explicit M-RoPE positions or image rows: the generic path takes them
             return None
         hook_ok = self.op_hook is None or getattr(self.op_hook, "gpu_only", False)  # fast layers are CPU-only
-        if T <= MAX_TOKENS and B == 1 and hook_ok and self.cpu_decode is not None and self.cpu_decode.enabled():
-            return self.cpu_decode
+        fast = self.cpu_decode
+        if B == 1 and hook_ok and fast is not None and T <= fast.max_tokens and fast.enabled():
+            return fast
         return None
 
     def _fast_head(self, x32, T: int) -> bool:
