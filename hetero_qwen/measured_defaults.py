@@ -62,14 +62,15 @@ MTP_ACCEPTANCE = Measured(
 # once per position. On a 2-core AVX2 EPYC (no AVX-512), both cores:
 #  - each extra token adds this share of the weights' batch-1 read time (the small-batch kernels are
 #    compute-bound there): `PYTHONPATH=. python bench/verify_cost.py --dtype int4|int8 --threads 2`,
-#    27B shape cut to 4 layers, verify(n) / decode - 1 per extra token, k = 1..4: int4 0.39 / 0.39 /
-#    0.36 / 0.40; int8 0.36 / 0.38 / 0.36 / 0.34; bf16 from the kernel-only view
+#    27B shape cut to 4 layers, verify(n) / decode - 1 per extra token, k = 1..4: int4 0.30 / 0.24 /
+#    0.30 / 0.39 (after the AVX2 int4 kernel rework; 0.39 / 0.39 / 0.36 / 0.40 before it); int8
+#    0.36 / 0.38 / 0.36 / 0.34; bf16 from the kernel-only view
 #    (`python bench/kernels.py --verify`, 27B FFN, batch 3 / batch 1 = 1.20) -> 0.1;
 #  - each extra token adds this share of the per-op cost: a tiny model (hidden 128, all per-op cost)
 #    through the same forward, `PYTHONPATH=. python bench/verify_cost.py --tiny --dtype int8|int4
 #    --threads 2 --reps 25`: int8 0.49 / 0.36 / 0.38 / 0.35, int4 0.42 / 0.39 / 0.35 / 0.33.
 CPU_VERIFY_EXTRA_TOKEN = Measured(
-    {"int4": 0.39, "int8": 0.36, "bf16": 0.1, "fp32": 0.5},
+    {"int4": 0.3, "int8": 0.36, "bf16": 0.1, "fp32": 0.5},
     "2 cores of an AMD EPYC VM, AVX2 only (no AVX-512), torch 2.13 CPU, 2 kernel threads",
     "bench/verify_cost.py --threads 2 (int4, int8) and bench/kernels.py --verify (bf16), after the "
     "fast path took verify forwards, 2026-11-30")
