@@ -21,6 +21,7 @@ from ..config import FULL
 from ..kernels.ops import CpuLinear
 from ..model.rope import Rope
 from .cpu_decode import MAX_TOKENS, CpuDecodePath, _build_layer, _kernel, _Linear, _Norm, _PerT, _RopeAt
+from .runner import LayerSlots
 
 
 class CpuMtpPath:
@@ -43,10 +44,7 @@ class CpuMtpPath:
         fc, head = _kernel(fc_op, CpuLinear), _kernel(head_op, CpuLinear)
         if fc is None or head is None or not CpuDecodePath.enabled():
             return None
-
-        class _Layer:  # the two slots as runner.LayerSlots would hold them
-            kind, mixer, ffn = FULL, attn_slot, ffn_slot
-        layer = _build_layer(cfg, _Layer, _RopeAt(Rope(cfg, "cpu")))
+        layer = _build_layer(cfg, LayerSlots(FULL, attn_slot, ffn_slot), _RopeAt(Rope(cfg, "cpu")))
         return None if layer is None else CpuMtpPath(cfg, fc, vectors, layer, head)
 
     def __call__(self, emb: torch.Tensor, hidden: torch.Tensor, start: int, cache, logits: bool):
