@@ -83,11 +83,9 @@ class MtpDrafter:
         if not logits:
             return out, None
         last = runner.devices.hop(out[-1:], dev, self.head_device)
-        if self.draft_vocab is None:
-            return out, self.head(last).float().to("cpu")[0]
-        if self.draft_head is not None:
-            return out, self._padded(self.draft_head(last).float().to("cpu")[0])
-        return out, self._padded(self.head(last).float().to("cpu")[0][:self.draft_vocab])
+        head = self.draft_head if self.draft_head is not None else self.head
+        lg = head(last).float().to("cpu")[0]
+        return out, self._padded(lg[:self.draft_vocab] if self.draft_vocab else lg)
 
 
 def planned_placement(plan, head_placement):
